@@ -1,0 +1,231 @@
+"""``segbench <command> [key=value ...]``: thin entry points over Hydra configs.
+
+Each command composes ``configs/<command>.yaml`` with the user's overrides (Hydra syntax), checks that
+no required value is missing, and calls one plain function with the config. Errors about the user's
+data, files or config are printed as one short message — never as a traceback (set ``SEGBENCH_DEBUG=1``
+to see it anyway).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+log = logging.getLogger("segbench")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # as typed: "train", "data stats"
+    config: str  # config file name under configs/
+    target: str  # "module:function" taking the composed DictConfig
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in [
+        Command(
+            "data synth",
+            "data_synth",
+            "segbench.commands:data_synth",
+            "write the embedded synthetic COCO dataset",
+        ),
+        Command(
+            "data stats",
+            "data_stats",
+            "segbench.commands:data_stats",
+            "print per-split statistics of a dataset",
+        ),
+        Command(
+            "score",
+            "score",
+            "segbench.commands:score",
+            "score any COCO results JSON against a COCO ground truth",
+        ),
+    ]
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder: ``$SEGBENCH_CONFIG_DIR`` or the one beside ``src/``."""
+    env = os.environ.get("SEGBENCH_CONFIG_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "configs")
+    for c in candidates:
+        if (c / "train.yaml").is_file() or (c / "data_stats.yaml").is_file():
+            return c
+    raise UsageError(
+        "cannot find segbench's configs/ folder; install segbench from its repository (pip install -e .) "
+        "or set SEGBENCH_CONFIG_DIR"
+    )
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("now"):
+        OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt), use_cache=True)
+
+
+def compose(config_name: str, overrides: list[str]):
+    """Compose ``configs/<config_name>.yaml`` with overrides; raise UsageError with a readable message."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = str(e).strip().splitlines()
+        text = " ".join(x.strip() for x in msg if x.strip()).split(" Config search path")[0]
+        hint = ""
+        if "not in struct" in text or "Could not override" in text or "Key '" in text:
+            hint = " (check the key's spelling; `segbench <command> --cfg` prints every key; add a new key with +key=value)"
+        elif "parse" in text.lower() or "mismatched input" in text or "no viable alternative" in text:
+            hint = " (overrides look like key=value, e.g. data.root=data/synth trainer.max_epochs=3)"
+        raise UsageError(f"bad override: {text}{hint}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UsageError(
+            "missing required value(s): "
+            + ", ".join(missing)
+            + ". Pass them on the command line, e.g. "
+            + " ".join(f"{k}=..." for k in missing)
+        )
+    return cfg
+
+
+def _resolve(cfg) -> None:
+    """Resolve every interpolation now, so that a broken one is reported as a config error."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise UsageError(f"config error: {e}".splitlines()[0]) from None
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS) + 2
+    lines = [
+        "usage: segbench <command> [key=value ...] [--cfg] [--help]",
+        "",
+        "Instance segmentation for your own COCO-labelled images.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {n:<{width}}{c.help}" for n, c in COMMANDS.items()]
+    lines += [
+        "",
+        "Options are Hydra overrides (key=value, group=option, +new_key=value); `segbench <command> --cfg`",
+        "prints the composed configuration, `segbench <command> --help` its description.",
+    ]
+    return "\n".join(lines)
+
+
+def _split_command(argv: list[str]) -> tuple[Command, list[str]]:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        raise SystemExit(print(usage()) or 0)
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if name in COMMANDS and all("=" not in a for a in argv[:words]):
+            return COMMANDS[name], argv[words:]
+    first = argv[0]
+    groups = sorted({n.split()[0] for n in COMMANDS if " " in n})
+    if first in groups:
+        subs = [n for n in COMMANDS if n.startswith(first + " ")]
+        raise UsageError(f"'{first}' needs a subcommand: " + ", ".join(subs))
+    raise UsageError(f"unknown command '{first}'. Commands: " + ", ".join(COMMANDS) + " (segbench --help)")
+
+
+def _load(target: str) -> Callable:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def setup_logging() -> None:
+    level = os.environ.get("SEGBENCH_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL", "fsspec", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point. Returns the exit status (0 ok, 1 the command found errors, 2 usage/data error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    debug = os.environ.get("SEGBENCH_DEBUG", "") not in ("", "0")
+    from segbench.types import SegbenchError
+
+    try:
+        cmd, rest = _split_command(argv)
+        flags = {a for a in rest if a.startswith("--")}
+        overrides = [a for a in rest if not a.startswith("--")]
+        unknown_flags = flags - {"--cfg", "--help", "-h"}
+        if unknown_flags:
+            raise UsageError(f"unknown option(s) {sorted(unknown_flags)}; options are key=value overrides")
+        if "--help" in flags or "-h" in rest:
+            fn = _load(cmd.target)
+            print(f"segbench {cmd.name}: {cmd.help}\n\n{(fn.__doc__ or '').strip()}\n")
+            print(
+                f"config: {config_dir() / (cmd.config + '.yaml')} (see all keys with `segbench {cmd.name} --cfg`)"
+            )
+            return 0
+        cfg = compose(cmd.config, overrides)
+        if "--cfg" in flags:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        _resolve(cfg)
+        setup_logging()
+        fn = _load(cmd.target)
+        status = fn(cfg)
+        return int(status or 0)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except UsageError as e:
+        print(f"segbench: error: {e}", file=sys.stderr)
+        return 2
+    except SegbenchError as e:
+        if debug:
+            raise
+        print(f"segbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no bare traceback for users
+        if debug:
+            raise
+        from hydra.errors import InstantiationException
+
+        if isinstance(e, InstantiationException):
+            print(f"segbench: config error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+            return 2
+        print(
+            f"segbench: internal error: {type(e).__name__}: {e}\n"
+            "This is a bug in segbench; rerun with SEGBENCH_DEBUG=1 for the traceback and report it.",
+            file=sys.stderr,
+        )
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

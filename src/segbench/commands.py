@@ -1,0 +1,96 @@
+"""The functions behind each ``segbench`` command: composed config in, work done by library code.
+
+Each takes the command's resolved ``DictConfig`` and returns an exit status (``None``/0 for success).
+They contain no logic of their own beyond reading the config and printing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from segbench.types import SegbenchError
+
+log = logging.getLogger(__name__)
+
+
+def _splits(cfg: DictConfig) -> list[str]:
+    return list(cfg.get("splits") or ["train", "val"])
+
+
+def open_data_split(data: DictConfig, split: str):
+    """Open one split named by a ``data`` config (root layout, or explicit ``<split>_ann`` / ``image_root``)."""
+    from segbench.data.coco import open_split
+
+    ann = data.get(f"{split}_ann")
+    return open_split(data.get("root"), split, ann_file=ann, image_root=data.get("image_root"))
+
+
+def data_synth(cfg: DictConfig) -> int:
+    """Write the embedded synthetic COCO dataset (train and val) to ``out``.
+
+    Keys: out, num_train, num_val, image_size, max_objects, seed.
+    """
+    from segbench.data.synthetic import generate
+
+    opts = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("out", "paths")}
+    try:
+        summary = generate(cfg.out, **opts)
+    except ValueError as e:
+        raise SegbenchError(str(e)) from None
+    for split in ("train", "val"):
+        s = summary[split]
+        print(f"{split}: {s['images']} images, {s['instances']} instances -> {s['json']}")
+    print(f"wrote {cfg.out} in {summary['seconds']:.1f} s")
+    return 0
+
+
+def data_stats(cfg: DictConfig) -> int:
+    """Print per-split statistics: images, instances per class and per image, object sizes.
+
+    Keys: data.root (or data.<split>_ann + data.image_root), splits, out (optional JSON file).
+    """
+    from segbench.data.stats import dataset_stats, format_stats
+    from segbench.eval.runner import write_json
+
+    found = {}
+    for split in _splits(cfg):
+        try:
+            ds = open_data_split(cfg.data, split)
+        except SegbenchError as e:
+            if "no annotations for split" in str(e) and len(_splits(cfg)) > 1:
+                log.info("skipping split %s: %s", split, e)
+                continue
+            raise
+        found[split] = s = dataset_stats(ds)
+        print(format_stats(split, s))
+    if not found:
+        raise SegbenchError(f"no split of {_splits(cfg)} found under data.root={cfg.data.get('root')}")
+    if cfg.get("out"):
+        print(f"wrote {write_json(cfg.out, found)}")
+    return 0
+
+
+def score(cfg: DictConfig) -> int:
+    """Score a COCO results JSON (from segbench or any other tool) against a COCO ground-truth JSON.
+
+    Keys: gt, pred, out (folder for metrics.json), iou_types, max_dets (null: keep all detections),
+    class_agnostic, score_threshold (for F1/PQ/foreground IoU), backend.
+    """
+    from segbench.eval.runner import format_metrics_table, score_files, write_json
+
+    m = score_files(
+        cfg.gt,
+        cfg.pred,
+        iou_types=list(cfg.iou_types),
+        max_dets=cfg.max_dets,
+        class_agnostic=cfg.class_agnostic,
+        score_threshold=cfg.score_threshold,
+        backend=cfg.backend,
+    )
+    print(format_metrics_table(m, iou_types=list(cfg.iou_types)))
+    out = write_json(Path(cfg.out) / "metrics.json", m)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,547 @@
+"""COCO instances JSON + image folder -> RGB images and per-image :class:`~segbench.types.Instances`.
+
+Reading a dataset builds a light index (images, per-image annotation lists, the category map) and
+decodes nothing: masks are decoded per item, when an item is asked for. What the loader does with the
+awkward parts of real exports:
+
+* polygons with several parts, compressed and uncompressed RLE are all accepted;
+* ``iscrowd=1`` objects are kept as crowd regions (``Instances.iscrowd``) for evaluation; training
+  excludes them from its targets;
+* category ids that are not ``1..K`` (0-based, gaps) are mapped to contiguous labels ``1..K``, and
+  :attr:`CocoDataset.label_to_cat_id` maps them back when results are written;
+* images without annotations are kept (negatives);
+* greyscale, RGBA, palette and 16-bit images become RGB uint8; EXIF orientation is applied;
+* boxes and polygons partly outside the image are clipped; degenerate annotations (no area, fewer than
+  3 points, entirely outside the image, unknown category or image) are dropped, counted and logged once
+  with their ids;
+* a ``file_name`` that escapes the image folder (absolute path, ``..``) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+from segbench.types import Instances, SegbenchError, masks_to_boxes
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------
+def to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> ``(H, W, 3) uint8`` RGB.
+
+    Greyscale and palette images are expanded to three channels, the alpha channel is dropped, and
+    16-bit / 32-bit / float images are scaled linearly so that their maximum becomes 255 (images whose
+    values already fit 0..255 are kept as they are).
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img).astype(np.float64)
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = min(a.min(), 0.0), a.max()
+        if hi > 255 or lo < 0:
+            a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if img.mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike, *, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an image file as ``(H, W, 3) uint8`` RGB, EXIF orientation applied.
+
+    If ``expected_size`` (H, W) is given and only the image *without* its EXIF rotation has that size,
+    the annotations were drawn on the stored pixels, so those are returned instead.
+
+    Raises
+    ------
+    SegbenchError
+        When the file is missing, truncated or not an image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            oriented = ImageOps.exif_transpose(im)
+            if (
+                expected_size is not None
+                and oriented.size[::-1] != tuple(expected_size)
+                and im.size[::-1] == tuple(expected_size)
+            ):
+                oriented = im
+            return to_rgb_uint8(oriented)
+    except FileNotFoundError:
+        raise SegbenchError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise SegbenchError(
+            f"cannot read image {path}: {e}. The file is corrupt, truncated or not an image; "
+            "re-export it or remove it from the dataset (`segbench data check` lists all such files)."
+        ) from None
+
+
+def image_size_from_header(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image after EXIF orientation, reading only its header."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise SegbenchError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise SegbenchError(f"cannot read image {path}: {e}") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def safe_join(root: Path, file_name: str, *, where: str) -> Path:
+    """``root / file_name``, refusing names that would leave ``root``."""
+    if not isinstance(file_name, str) or not file_name:
+        raise SegbenchError(f"{where}: file_name must be a non-empty string, got {file_name!r}")
+    p = Path(file_name)
+    if p.is_absolute() or file_name.startswith(("/", "\\")) or (len(file_name) > 1 and file_name[1] == ":"):
+        raise SegbenchError(
+            f"{where}: file_name {file_name!r} is an absolute path; COCO file names must be relative to the "
+            f"image folder ({root}). Rewrite it relative to that folder."
+        )
+    if ".." in p.parts or ".." in Path(file_name.replace("\\", "/")).parts:
+        raise SegbenchError(
+            f"{where}: file_name {file_name!r} contains '..' and would leave the image folder {root}; "
+            "move the image inside that folder and name it relative to it."
+        )
+    return root / p
+
+
+# --------------------------------------------------------------------------------------------------
+# Annotations
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class DropReport:
+    """Annotations dropped while indexing or decoding, by reason: ``{reason: [annotation ids]}``."""
+
+    by_reason: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, reason: str, ann_id) -> None:
+        self.by_reason[reason].append(ann_id)
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.by_reason.values())
+
+    def summary(self, limit: int = 10) -> str:
+        parts = []
+        for reason, ids in sorted(self.by_reason.items()):
+            shown = ", ".join(str(i) for i in ids[:limit]) + (", ..." if len(ids) > limit else "")
+            parts.append(f"{len(ids)} {reason} (ids {shown})")
+        return "; ".join(parts)
+
+
+def _polygon_parts(seg: list) -> tuple[list[list[float]], str | None]:
+    """Valid parts of a polygon segmentation and, when none is left, why."""
+    if seg and all(isinstance(v, int | float) for v in seg):  # a single flat polygon
+        seg = [seg]
+    parts = []
+    reason = "polygon with fewer than 3 points"
+    for part in seg:
+        if not isinstance(part, list | tuple) or not all(isinstance(v, int | float) for v in part):
+            reason = "malformed polygon"
+            continue
+        if len(part) % 2:
+            reason = "polygon with an odd number of coordinates"
+            continue
+        if len(part) < 6:
+            continue
+        parts.append([float(v) for v in part])
+    return parts, (None if parts else reason)
+
+
+def _polygon_area(part: list[float]) -> float:
+    xy = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _check_annotation(ann: dict, h: int, w: int) -> str | None:
+    """Why an annotation is unusable (without decoding it), or None if it is fine."""
+    seg = ann.get("segmentation")
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        if not (isinstance(size, list | tuple) and len(size) == 2):
+            return "RLE without a valid size"
+        if [int(size[0]), int(size[1])] != [h, w]:
+            return "RLE size different from the image size"
+        if "counts" not in seg:
+            return "RLE without counts"
+        return None
+    if isinstance(seg, list) and seg:
+        parts, reason = _polygon_parts(seg)
+        if reason:
+            return reason
+        xy = np.concatenate([np.asarray(p).reshape(-1, 2) for p in parts])
+        if xy[:, 0].max() <= 0 or xy[:, 1].max() <= 0 or xy[:, 0].min() >= w or xy[:, 1].min() >= h:
+            return "polygon entirely outside the image"
+        if sum(_polygon_area(p) for p in parts) <= 0:
+            return "polygon with zero area"
+        return None
+    # No segmentation: fall back to the box.
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
+        return "no segmentation and no valid bbox"
+    x, y, bw, bh = (float(v) for v in bbox)
+    if bw <= 0 or bh <= 0:
+        return "box of zero or negative size"
+    if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+        return "box entirely outside the image"
+    return None
+
+
+def decode_annotation(ann: dict, h: int, w: int) -> dict:
+    """One annotation's mask as a compressed RLE of size (h, w); polygons are clipped to the image."""
+    seg = ann.get("segmentation")
+    if isinstance(seg, dict):
+        if isinstance(seg.get("counts"), list):
+            return mask_utils.frPyObjects(seg, h, w)
+        counts = seg["counts"]
+        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    if isinstance(seg, list) and seg:
+        parts, _ = _polygon_parts(seg)
+        return mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
+    x, y, bw, bh = (float(v) for v in ann["bbox"])
+    box = [max(x, 0.0), max(y, 0.0), min(x + bw, w) - max(x, 0.0), min(y + bh, h) - max(y, 0.0)]
+    return mask_utils.frPyObjects(np.asarray([box], dtype=np.float64), h, w)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One item of a dataset: the RGB image, its instances and where it came from."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    instances: Instances
+    image_id: int
+    file_name: str
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SegbenchError(f"annotation file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise SegbenchError(f"{path} is not valid JSON ({e}); re-export the annotations") from None
+    except UnicodeDecodeError as e:
+        raise SegbenchError(f"{path} is not a UTF-8 text file ({e}); is it really a COCO JSON?") from None
+    if not isinstance(data, dict):
+        raise SegbenchError(
+            f"{path}: a COCO file is a JSON object with 'images', 'annotations', 'categories'"
+        )
+    return data
+
+
+class CocoDataset:
+    """A COCO instance-segmentation dataset: a JSON file plus a folder of images.
+
+    Parameters
+    ----------
+    ann_file : path
+        The COCO instances JSON.
+    image_root : path, optional
+        The folder that ``file_name`` entries are relative to. Default: ``<ann_file>/../../images`` when
+        the JSON sits in an ``annotations/`` folder (the ``data.root`` layout), else the JSON's folder.
+    check_files : bool
+        Refuse the dataset at once when an image file is missing (cheap: ``stat`` only).
+
+    Indexing decodes nothing; ``dataset[i]`` reads image ``i`` and decodes its masks.
+
+    Attributes
+    ----------
+    categories : list of dict
+        The COCO categories sorted by id.
+    cat_id_to_label, label_to_cat_id : dict
+        COCO category id <-> contiguous label ``1..K``.
+    class_names : list of str
+        ``class_names[label - 1]`` is the name of a label.
+    dropped : DropReport
+        Annotations dropped, by reason.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        image_root: str | os.PathLike | None = None,
+        *,
+        check_files: bool = False,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        if image_root is None:
+            parent = self.ann_file.parent
+            image_root = parent.parent / "images" if parent.name == "annotations" else parent
+        self.image_root = Path(image_root)
+        data = _load_json(self.ann_file)
+        self._index(data)
+        if check_files:
+            missing = [im["file_name"] for im in self.images if not self.image_path(im).is_file()]
+            if missing:
+                raise SegbenchError(
+                    f"{len(missing)} image file(s) named in {self.ann_file} are missing from {self.image_root}: "
+                    + ", ".join(missing[:5])
+                    + (" ..." if len(missing) > 5 else "")
+                    + ". Check data.image_root or run `segbench data check`."
+                )
+
+    # -- indexing ---------------------------------------------------------------------------------
+    def _index(self, data: dict) -> None:
+        src = self.ann_file
+        for key in ("images", "categories"):
+            if key not in data or not isinstance(data[key], list):
+                raise SegbenchError(f"{src}: missing the '{key}' list; is this a COCO instances file?")
+        anns = data.get("annotations", [])
+        if not isinstance(anns, list):
+            raise SegbenchError(f"{src}: 'annotations' must be a list")
+        cats = []
+        for c in data["categories"]:
+            if not isinstance(c, dict) or "id" not in c:
+                raise SegbenchError(f"{src}: every category needs an 'id', got {c!r}")
+            cats.append(
+                {
+                    "id": int(c["id"]),
+                    "name": str(c.get("name", c["id"])),
+                    **{k: v for k, v in c.items() if k not in ("id", "name")},
+                }
+            )
+        ids = [c["id"] for c in cats]
+        dup = [i for i, n in Counter(ids).items() if n > 1]
+        if dup:
+            raise SegbenchError(f"{src}: duplicate category ids {dup}; each category needs its own id")
+        self.categories = sorted(cats, key=lambda c: c["id"])
+        self.cat_id_to_label = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
+        self.label_to_cat_id = {v: k for k, v in self.cat_id_to_label.items()}
+        self.class_names = [c["name"] for c in self.categories]
+
+        self.images: list[dict] = []
+        seen: set = set()
+        for k, im in enumerate(data["images"]):
+            if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+                raise SegbenchError(f"{src}: images[{k}] needs 'id' and 'file_name', got {str(im)[:200]}")
+            if im["id"] in seen:
+                raise SegbenchError(
+                    f"{src}: duplicate image id {im['id']} (images[{k}], {im['file_name']!r}); image ids must be "
+                    "unique — `segbench data check fix=true` can renumber them"
+                )
+            seen.add(im["id"])
+            entry = {
+                "id": im["id"],
+                "file_name": im["file_name"],
+                "height": im.get("height"),
+                "width": im.get("width"),
+            }
+            safe_join(self.image_root, im["file_name"], where=f"{src}: image id {im['id']}")
+            self.images.append(entry)
+        self._pos = {im["id"]: i for i, im in enumerate(self.images)}
+
+        self.dropped = DropReport()
+        per_image: dict[int, list[dict]] = defaultdict(list)
+        seen_ann: set = set()
+        for ann in anns:
+            aid = ann.get("id") if isinstance(ann, dict) else None
+            if not isinstance(ann, dict):
+                self.dropped.add("malformed annotation", aid)
+                continue
+            if aid in seen_ann:
+                self.dropped.add("duplicate annotation id", aid)
+                continue
+            seen_ann.add(aid)
+            if ann.get("image_id") not in self._pos:
+                self.dropped.add("annotation of an unknown image id", aid)
+                continue
+            if ann.get("category_id") not in self.cat_id_to_label:
+                self.dropped.add("annotation of an unknown category id", aid)
+                continue
+            im = self.images[self._pos[ann["image_id"]]]
+            if im["height"] is None or im["width"] is None:
+                h, w = image_size_from_header(self.image_path(im))
+                im["height"], im["width"] = h, w
+            reason = _check_annotation(ann, int(im["height"]), int(im["width"]))
+            if reason:
+                self.dropped.add(reason, aid)
+                continue
+            per_image[ann["image_id"]].append(ann)
+        self._anns = [per_image.get(im["id"], []) for im in self.images]
+        self.num_annotations = sum(len(a) for a in self._anns)
+        if self.dropped.total:
+            log.warning(
+                "%s: dropped %d annotation(s): %s", src.name, self.dropped.total, self.dropped.summary()
+            )
+
+    # -- access -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def image_path(self, im: dict | int) -> Path:
+        im = self.images[im] if isinstance(im, int) else im
+        return safe_join(self.image_root, im["file_name"], where=f"{self.ann_file}: image id {im['id']}")
+
+    def image_info(self, i: int) -> dict:
+        return self.images[i]
+
+    def annotations(self, i: int) -> list[dict]:
+        """The raw (kept) COCO annotations of image ``i``."""
+        return self._anns[i]
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        im = self.images[i]
+        if im["height"] is None or im["width"] is None:
+            im["height"], im["width"] = image_size_from_header(self.image_path(im))
+        return int(im["height"]), int(im["width"])
+
+    def load_image(self, i: int) -> np.ndarray:
+        """Image ``i`` as ``(H, W, 3) uint8``; a size different from the JSON's is an error."""
+        h, w = self.image_size(i)
+        img = read_image(self.image_path(i), expected_size=(h, w))
+        if img.shape[:2] != (h, w):
+            im = self.images[i]
+            raise SegbenchError(
+                f"{self.image_path(i)} is {img.shape[1]}x{img.shape[0]} (WxH) but {self.ann_file.name} says "
+                f"{w}x{h} for image id {im['id']}; fix the JSON's width/height (`segbench data check fix=true`)"
+            )
+        return img
+
+    def load_instances(self, i: int) -> Instances:
+        """Decode the masks of image ``i``: boxes are the masks' tight boxes (so clipped to the image)."""
+        h, w = self.image_size(i)
+        anns = self._anns[i]
+        rles, labels, crowd, keep_ids = [], [], [], []
+        for ann in anns:
+            rle = decode_annotation(ann, h, w)
+            if mask_utils.area(rle) == 0:
+                if ann.get("id") not in self._empty_logged:
+                    self._empty_logged.add(ann.get("id"))
+                    log.warning(
+                        "%s: annotation id %s of image id %s has an empty mask after clipping; dropped",
+                        self.ann_file.name,
+                        ann.get("id"),
+                        ann["image_id"],
+                    )
+                continue
+            if isinstance(rle["counts"], bytes):
+                rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            rles.append(rle)
+            labels.append(self.cat_id_to_label[ann["category_id"]])
+            crowd.append(bool(ann.get("iscrowd", 0)))
+            keep_ids.append(ann.get("id"))
+        if rles:
+            bb = mask_utils.toBbox(rles).reshape(-1, 4)
+            boxes = bb.copy()
+            boxes[:, 2:] += boxes[:, :2]
+        else:
+            boxes = np.zeros((0, 4), np.float32)
+        return Instances(
+            image_size=(h, w),
+            boxes=boxes,
+            labels=np.asarray(labels, np.int64),
+            rles=rles,
+            iscrowd=np.asarray(crowd, bool),
+            extra={"ann_ids": keep_ids},
+        )
+
+    @property
+    def _empty_logged(self) -> set:
+        if not hasattr(self, "_empty_logged_set"):
+            self._empty_logged_set: set = set()
+        return self._empty_logged_set
+
+    def __getitem__(self, i: int) -> Sample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
+        i %= len(self)
+        im = self.images[i]
+        return Sample(
+            image=self.load_image(i),
+            instances=self.load_instances(i),
+            image_id=im["id"],
+            file_name=im["file_name"],
+        )
+
+    def subset_ids(self) -> list:
+        return [im["id"] for im in self.images]
+
+    def coco_gt(self) -> dict:
+        """The (kept) ground truth as a COCO dict, with original ids, for evaluation."""
+        anns = []
+        for lst in self._anns:
+            for a in lst:
+                b = dict(a)
+                b.setdefault("iscrowd", 0)
+                anns.append(b)
+        images = []
+        for i, im in enumerate(self.images):
+            h, w = self.image_size(i)
+            images.append({"id": im["id"], "file_name": im["file_name"], "height": h, "width": w})
+        return {"images": images, "annotations": anns, "categories": self.categories}
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoDataset({str(self.ann_file)!r}, images={len(self)}, annotations={self.num_annotations}, "
+            f"classes={self.class_names})"
+        )
+
+
+def instances_mask_boxes(inst: Instances) -> np.ndarray:
+    """Tight boxes of an instance set computed from its masks (helper for checks)."""
+    return masks_to_boxes(inst.get_masks())
+
+
+def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """``(annotations/instances_<split>.json, images/)`` of a dataset folder."""
+    root = Path(root)
+    return root / "annotations" / f"instances_{split}.json", root / "images"
+
+
+def open_split(
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    *,
+    ann_file: str | os.PathLike | None = None,
+    image_root: str | os.PathLike | None = None,
+) -> CocoDataset:
+    """Open one split of a dataset: ``root`` in the standard layout, or an explicit JSON + image folder."""
+    if ann_file is None:
+        if root is None:
+            raise SegbenchError(
+                "no dataset given: set data.root=DIR (or data.<split>_ann and data.image_root)"
+            )
+        ann_file, default_images = split_paths(root, split)
+        if not Path(root).is_dir():
+            raise SegbenchError(
+                f"data.root={root} is not a folder. Point data.root at a folder holding images/ and "
+                "annotations/instances_<split>.json (e.g. `segbench data synth out=data/synth`)."
+            )
+        if not ann_file.is_file():
+            have = sorted(p.name for p in (Path(root) / "annotations").glob("*.json"))
+            raise SegbenchError(
+                f"no annotations for split '{split}': {ann_file} does not exist"
+                + (f" (found: {', '.join(have)})" if have else "")
+                + ". Name the JSON instances_<split>.json or pass it with data.<split>_ann=FILE."
+            )
+        image_root = image_root or default_images
+    return CocoDataset(ann_file, image_root)

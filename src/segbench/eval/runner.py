@@ -1,0 +1,254 @@
+"""Running segmenters over a dataset and scoring result files — always through :mod:`segbench.eval.metrics`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from segbench.data.coco import CocoDataset
+from segbench.eval.metrics import (
+    IOU_TYPES,
+    Evaluator,
+    evaluate_coco_all,
+    match_image,
+    nan_to_none,
+)
+from segbench.types import BoxFormat, Instances, SegbenchError, convert_boxes
+
+log = logging.getLogger(__name__)
+
+
+def load_results(path: str | os.PathLike, gt: CocoDataset) -> list[dict]:
+    """Read a COCO results JSON and check that it belongs to ``gt``.
+
+    Raises
+    ------
+    SegbenchError
+        Not JSON, not a list of results, unknown image or category ids (another dataset?), masks whose
+        size differs from their image.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SegbenchError(f"results file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SegbenchError(f"{path} is not valid JSON ({e})") from None
+    if isinstance(data, dict) and "annotations" in data:
+        raise SegbenchError(
+            f"{path} is a COCO dataset, not a results file; pass ground truth as gt= and results as pred= "
+            "(a results file is a JSON list of {image_id, category_id, score, segmentation/bbox})"
+        )
+    if not isinstance(data, list):
+        raise SegbenchError(f"{path}: a COCO results file is a JSON list of detections")
+    image_sizes = {im["id"]: gt.image_size(i) for i, im in enumerate(gt.images)}
+    unknown_img, unknown_cat, bad = set(), set(), []
+    for k, r in enumerate(data):
+        if not isinstance(r, dict) or "image_id" not in r or "category_id" not in r or "score" not in r:
+            bad.append(f"entry {k}: needs image_id, category_id and score")
+            continue
+        if not ("segmentation" in r or "bbox" in r):
+            bad.append(f"entry {k}: needs a segmentation or a bbox")
+        if r["image_id"] not in image_sizes:
+            unknown_img.add(r["image_id"])
+            continue
+        if r["category_id"] not in gt.cat_id_to_label:
+            unknown_cat.add(r["category_id"])
+        seg = r.get("segmentation")
+        if isinstance(seg, dict) and list(seg.get("size", [])) != list(image_sizes[r["image_id"]]):
+            bad.append(
+                f"entry {k}: mask size {seg.get('size')} but image {r['image_id']} is {list(image_sizes[r['image_id']])}"
+            )
+        if len(bad) > 20:
+            break
+    if unknown_img:
+        ids = sorted(unknown_img, key=str)
+        raise SegbenchError(
+            f"{path} refers to {len(ids)} image id(s) that {gt.ann_file} does not have (e.g. {ids[:5]}); "
+            "the results were made for another dataset or split — score them against the matching gt="
+        )
+    if unknown_cat:
+        raise SegbenchError(
+            f"{path} uses category id(s) {sorted(unknown_cat, key=str)[:10]} that {gt.ann_file} does not define "
+            f"(its ids: {sorted(gt.cat_id_to_label)}); write results with the dataset's original category ids"
+        )
+    if bad:
+        raise SegbenchError(f"{path} has malformed results: " + "; ".join(bad[:5]))
+    return data
+
+
+def results_to_instances(results: Sequence[dict], gt: CocoDataset) -> dict[int, Instances]:
+    """Group COCO results by image into :class:`Instances` (masks as RLE)."""
+    by_image: dict = defaultdict(list)
+    for r in results:
+        by_image[r["image_id"]].append(r)
+    out = {}
+    for i, im in enumerate(gt.images):
+        h, w = gt.image_size(i)
+        rs = by_image.get(im["id"], [])
+        rles = []
+        for r in rs:
+            seg = r.get("segmentation")
+            if seg is None:
+                x, y, bw, bh = r["bbox"]
+                seg = mask_utils.frPyObjects(np.asarray([[x, y, bw, bh]], dtype=np.float64), h, w)[0]
+            elif isinstance(seg, list):
+                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg.get("counts"), list):
+                seg = mask_utils.frPyObjects(seg, h, w)
+            rles.append(seg)
+        boxes = (
+            convert_boxes(np.asarray([r["bbox"] for r in rs]), BoxFormat.XYWH, BoxFormat.XYXY)
+            if rs and all("bbox" in r for r in rs)
+            else (
+                convert_boxes(mask_utils.toBbox(rles), BoxFormat.XYWH, BoxFormat.XYXY)
+                if rs
+                else np.zeros((0, 4))
+            )
+        )
+        out[im["id"]] = Instances(
+            image_size=(h, w),
+            boxes=boxes,
+            labels=[gt.cat_id_to_label[r["category_id"]] for r in rs],
+            scores=[float(r["score"]) for r in rs],
+            rles=rles,
+        )
+    return out
+
+
+def score_files(
+    gt_file: str | os.PathLike,
+    results_file: str | os.PathLike,
+    *,
+    iou_types: Sequence[str] = IOU_TYPES,
+    max_dets: int | None = None,
+    class_agnostic: bool = True,
+    score_threshold: float | None = 0.5,
+    match_iou: float = 0.5,
+    backend: str = "faster_coco_eval",
+) -> dict:
+    """Score any COCO results file against a COCO ground-truth file.
+
+    COCO AP is computed on the ground-truth JSON as it is (the same input pycocotools would get);
+    the matching scores (F1, PQ, foreground IoU/Dice) use detections with ``score >= score_threshold``.
+    """
+    gt = CocoDataset(gt_file, image_root=Path(gt_file).parent)
+    results = load_results(results_file, gt)
+    with open(gt_file, encoding="utf-8") as f:
+        raw_gt = json.load(f)
+    has_masks = bool(results) and all("segmentation" in r for r in results)
+    types = [t for t in iou_types if t != "segm" or has_masks or not results]
+    preds = results_to_instances(results, gt)
+    matches = None
+    if has_masks or not results:
+        matches = [
+            match_image(
+                gt.load_instances(i),
+                preds[im["id"]],
+                iou_threshold=match_iou,
+                score_threshold=score_threshold,
+            )
+            for i, im in enumerate(gt.images)
+        ]
+    out = evaluate_coco_all(
+        raw_gt,
+        results,
+        iou_types=types,
+        max_dets=max_dets,
+        class_agnostic=class_agnostic,
+        backend=backend,
+        matches=matches,
+    )
+    return nan_to_none(out)
+
+
+def evaluate_segmenter(
+    segmenter: Callable[[np.ndarray], Instances],
+    dataset: CocoDataset,
+    *,
+    max_dets: int | None = None,
+    score_threshold: float | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[dict, Evaluator]:
+    """Run a segmenter on every image of ``dataset`` and score it.
+
+    Returns the metrics (with ``ms_per_image``) and the evaluator (which holds the COCO results
+    and the per-image matches).
+    """
+    ev = Evaluator(
+        dataset.categories,
+        label_to_cat_id=dataset.label_to_cat_id,
+        max_dets=max_dets,
+        score_threshold=score_threshold,
+    )
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    seconds = 0.0
+    it = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=getattr(segmenter, "name", type(segmenter).__name__), unit="img")
+    for i in it:
+        sample = dataset[i]
+        t0 = time.perf_counter()
+        pred = segmenter(sample.image)
+        seconds += time.perf_counter() - t0
+        ev.update(sample.instances, pred, image_id=sample.image_id, file_name=sample.file_name)
+    metrics = ev.compute()
+    metrics["ms_per_image"] = 1000 * seconds / max(n, 1)
+    return nan_to_none(metrics), ev
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(nan_to_none(obj), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def format_metrics_table(m: dict, *, iou_types: Sequence[str] = IOU_TYPES) -> str:
+    """A plain-text table of the main numbers."""
+
+    def f(v):
+        return "  -  " if v is None else f"{v:.4f}"
+
+    rows = []
+    cols = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR"]
+    header = f"{'':<16}" + "".join(f"{c:>8}" for c in cols)
+    rows.append(header)
+    for t in iou_types:
+        for variant, prefix in (("", f"{t}_"), (" agnostic", f"{t}_agnostic_")):
+            if f"{prefix}AP" in m:
+                rows.append(f"{t + variant:<16}" + "".join(f"{f(m.get(prefix + c)):>8}" for c in cols))
+    for t in iou_types:
+        pc = m.get(f"per_class_{t}_AP") or {}
+        if len(pc) > 1:
+            rows.append(f"per-class {t} AP: " + ", ".join(f"{k}={f(v).strip()}" for k, v in pc.items()))
+    if "f1" in m:
+        rows.append(
+            "matching @IoU0.5: precision {p} recall {r} F1 {f1} PQ {pq} | foreground IoU {iou} Dice {d}".format(
+                p=f(m["precision"]),
+                r=f(m["recall"]),
+                f1=f(m["f1"]),
+                pq=f(m["pq"]),
+                iou=f(m["fg_iou"]),
+                d=f(m["fg_dice"]),
+            )
+        )
+    rows.append(
+        f"images {m.get('num_images')}, objects {m.get('num_gt')}, detections {m.get('num_pred')}"
+        f", max_dets {m.get('max_dets')}"
+    )
+    return "\n".join(rows)

@@ -1,0 +1,108 @@
+"""The command line: help, errors without tracebacks, data synth / stats, score."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segbench.cli import COMMANDS, main
+from tests.test_metrics import make_fixture, pycocotools_stats
+
+SEGBENCH = str(Path(sys.executable).parent / "segbench")
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_help_lists_every_command_with_one_line(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name, cmd in COMMANDS.items():
+        assert any(line.strip().startswith(name) and cmd.help in line for line in out.splitlines())
+
+
+def test_console_script_runs_and_fails_cleanly():
+    p = subprocess.run([SEGBENCH, "nosuchcommand"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "unknown command 'nosuchcommand'" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["data"], "'data' needs a subcommand"),
+        (["score", "gt=a.json"], "missing required value(s): pred"),
+        (["data", "stats", "data.rooot=x"], "data.rooot"),
+        (["data", "stats", "data=nope"], "Available options in 'data'"),
+        (["data", "stats", "data.root=["], "bad override"),
+        (["data", "synth", "--frobnicate"], "unknown option"),
+        (["data", "synth", "num_train=-3"], "num_train"),
+        (
+            ["data", "stats", "data.root=/definitely/not/here"],
+            "data.root=/definitely/not/here is not a folder",
+        ),
+    ],
+)
+def test_bad_input_gives_a_short_message(capsys, tmp_path, argv, message):
+    if argv[:2] == ["data", "synth"]:
+        argv = [*argv, f"out={tmp_path}"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) <= 2
+
+
+def test_cfg_flag_prints_config(capsys):
+    code, out, _ = run(capsys, "data", "stats", "data.root=/x", "--cfg")
+    assert code == 0 and "root: /x" in out
+
+
+def test_data_synth_then_stats(capsys, tmp_path):
+    code, out, _ = run(
+        capsys, "data", "synth", f"out={tmp_path}", "num_train=12", "num_val=4", "image_size=64"
+    )
+    assert code == 0 and "train: 12 images" in out
+    code, out, _ = run(capsys, "data", "stats", f"data.root={tmp_path}", f"out={tmp_path}/stats.json")
+    assert code == 0
+    assert "[train] 12 images" in out and "[val] 4 images" in out and "instances per class: circle=" in out
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["train"]["images"] == 12
+    assert stats["train"]["instances"] == sum(stats["train"]["per_class"].values())
+
+
+def test_score_equals_pycocotools(capsys, tmp_path):
+    gt, results = make_fixture(seed=4)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results))
+    code, out, _ = run(
+        capsys, "score", f"gt={tmp_path}/gt.json", f"pred={tmp_path}/pred.json", f"out={tmp_path}/o"
+    )
+    assert code == 0 and "segm" in out and "F1" in out
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    for t in ("segm", "bbox"):
+        ref = pycocotools_stats(gt, results, t)
+        for k, i in (("AP", 0), ("AP50", 1), ("AP75", 2), ("APs", 3), ("APm", 4), ("APl", 5)):
+            v = m[f"{t}_{k}"]
+            assert (-1 if v is None else v) == pytest.approx(ref[i], abs=1e-9), (t, k)
+    assert 0 <= m["f1"] <= 1 and m["num_pred"] == len(results)
+
+
+def test_score_refuses_results_of_another_dataset(capsys, tmp_path):
+    gt, results = make_fixture(seed=4)
+    for r in results:
+        r["image_id"] += 1000
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results))
+    code, _, err = run(
+        capsys, "score", f"gt={tmp_path}/gt.json", f"pred={tmp_path}/pred.json", f"out={tmp_path}/o"
+    )
+    assert code == 2 and "image id(s)" in err and "another dataset" in err
