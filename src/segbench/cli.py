@@ -28,29 +28,18 @@ class Command:
     help: str
 
 
+# fmt: off
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
-        Command(
-            "data synth",
-            "data_synth",
-            "segbench.commands:data_synth",
-            "write the embedded synthetic COCO dataset",
-        ),
-        Command(
-            "data stats",
-            "data_stats",
-            "segbench.commands:data_stats",
-            "print per-split statistics of a dataset",
-        ),
-        Command(
-            "score",
-            "score",
-            "segbench.commands:score",
-            "score any COCO results JSON against a COCO ground truth",
-        ),
+        Command("train", "train", "segbench.training:train", "fine-tune Mask R-CNN on a COCO dataset (experiment=...)"),
+        Command("eval", "eval", "segbench.training:evaluate", "score a checkpoint on a split: metrics.json + COCO results"),
+        Command("score", "score", "segbench.commands:score", "score any COCO results JSON against a COCO ground truth"),
+        Command("data synth", "data_synth", "segbench.commands:data_synth", "write the embedded synthetic COCO dataset"),
+        Command("data stats", "data_stats", "segbench.commands:data_stats", "print per-split statistics of a dataset"),
     ]
 }
+# fmt: on
 
 
 class UsageError(Exception):
@@ -197,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         fn = _load(cmd.target)
         status = fn(cfg)
-        return int(status or 0)
+        return status if isinstance(status, int) else 0
     except SystemExit as e:
         return int(e.code or 0)
     except UsageError as e:

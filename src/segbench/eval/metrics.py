@@ -474,6 +474,31 @@ class Evaluator:
             match_image(gt, pred, iou_threshold=self.match_iou, score_threshold=self.score_threshold)
         )
 
+    def state(self) -> dict:
+        """Everything accumulated so far (picklable), to merge evaluators of several processes."""
+        return {
+            "images": self._images,
+            "gt": self._gt_anns,
+            "results": self._results,
+            "matches": self._matches,
+        }
+
+    @classmethod
+    def from_states(cls, states: Sequence[dict], **kwargs) -> Evaluator:
+        """One evaluator from the states of several (e.g. one per DDP rank); repeated image ids are kept once."""
+        ev = cls(**kwargs)
+        seen: set = set()
+        for st in states:
+            keep = {im["id"] for im in st["images"] if im["id"] not in seen}
+            seen |= keep
+            ev._images += [im for im in st["images"] if im["id"] in keep]
+            ev._results += [r for r in st["results"] if r["image_id"] in keep]
+            ev._matches += [m for im, m in zip(st["images"], st["matches"], strict=True) if im["id"] in keep]
+            for a in st["gt"]:
+                if a["image_id"] in keep:
+                    ev._gt_anns.append({**a, "id": len(ev._gt_anns) + 1})
+        return ev
+
     def gt_dataset(self) -> dict:
         return {"images": self._images, "annotations": self._gt_anns, "categories": self.categories}
 

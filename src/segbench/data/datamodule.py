@@ -1,0 +1,304 @@
+"""Torch datasets, albumentations transforms and the LightningDataModule over the COCO data layer.
+
+Training items follow torchvision's detection contract: an image ``FloatTensor[3, H, W]`` in 0..1 and a
+target dict with ``boxes`` (``FloatTensor[N, 4]``, x1y1x2y2), ``labels`` (``Int64Tensor[N]``, 1..K) and
+``masks`` (``UInt8Tensor[N, H, W]``). Crowd regions are never targets. Augmentations transform the image
+and the masks together; boxes are recomputed from the transformed masks and instances cropped away (less
+than ``min_area`` pixels left) are dropped, so masks, boxes and labels cannot drift apart.
+
+Large images can be pre-cropped (``max_crop``) *before* their masks are decoded: each mask is decoded and
+cropped one at a time, so an image with hundreds of objects never holds hundreds of full-size masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader, Dataset
+
+from segbench.data.coco import CocoDataset, open_split
+from segbench.types import SegbenchError, masks_to_boxes
+
+log = logging.getLogger(__name__)
+
+
+def build_transforms(specs: Sequence[Any] | None):
+    """An ``albumentations.Compose`` from a list of transforms (already instantiated, or Hydra configs)."""
+    import albumentations as A
+
+    if not specs:
+        return None
+    items = []
+    for s in specs:
+        if isinstance(s, A.BasicTransform | A.BaseCompose):
+            items.append(s)
+        else:
+            from hydra.utils import instantiate
+
+            items.append(instantiate(s))
+    return A.Compose(items)
+
+
+def _random_window(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    ch, cw = min(h, size), min(w, size)
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    return y0, x0, ch, cw
+
+
+class TrainDataset(Dataset):
+    """Training items ``(image FloatTensor[3,H,W], target)``; crowd regions excluded.
+
+    Parameters
+    ----------
+    coco : CocoDataset
+    transforms : albumentations.Compose, optional
+    max_crop : int, optional
+        Random crop of at most this size taken before decoding masks (for large images).
+    min_area : int
+        Instances with fewer pixels after augmentation are dropped.
+    """
+
+    def __init__(self, coco: CocoDataset, transforms=None, *, max_crop: int | None = None, min_area: int = 4):
+        self.coco = coco
+        self.transforms = transforms
+        self.max_crop = max_crop
+        self.min_area = min_area
+
+    def __len__(self) -> int:
+        return len(self.coco)
+
+    def _masks(self, i: int, window: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        inst = self.coco.load_instances(i)
+        keep = ~inst.iscrowd
+        rles = [r for r, k in zip(inst.rles or [], keep, strict=True) if k]
+        labels = inst.labels[keep]
+        h, w = inst.image_size
+        if window is None:
+            masks = mask_utils.decode(rles).transpose(2, 0, 1) if rles else np.zeros((0, h, w), np.uint8)
+            return np.ascontiguousarray(masks), labels
+        y0, x0, ch, cw = window
+        out = np.zeros((len(rles), ch, cw), np.uint8)
+        for k, r in enumerate(rles):  # one full-size mask at a time
+            out[k] = mask_utils.decode(r)[y0 : y0 + ch, x0 : x0 + cw]
+        return out, labels
+
+    def __getitem__(self, i: int):
+        image = self.coco.load_image(i)
+        h, w = image.shape[:2]
+        window = None
+        if self.max_crop and (h > self.max_crop or w > self.max_crop):
+            window = _random_window(h, w, self.max_crop, np.random.default_rng())
+            y0, x0, ch, cw = window
+            image = image[y0 : y0 + ch, x0 : x0 + cw]
+        masks, labels = self._masks(i, window)
+        if self.transforms is not None:
+            out = self.transforms(image=image, masks=masks) if len(masks) else self.transforms(image=image)
+            image = out["image"]
+            masks = (
+                np.asarray(out["masks"], np.uint8)
+                if len(masks)
+                else np.zeros((0, *image.shape[:2]), np.uint8)
+            )
+        if len(masks):
+            area = masks.reshape(len(masks), -1).sum(axis=1)
+            keep = area >= self.min_area
+            masks, labels = masks[keep], labels[keep]
+        boxes = masks_to_boxes(masks.astype(bool))
+        if len(boxes):  # torchvision needs positive width and height
+            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            masks, labels, boxes = masks[ok], labels[ok], boxes[ok]
+        img_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        target = {
+            "boxes": torch.from_numpy(boxes).float().reshape(-1, 4),
+            "labels": torch.from_numpy(np.asarray(labels, np.int64)),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "image_id": int(self.coco.images[i]["id"]),
+        }
+        return img_t, target
+
+
+class EvalDataset(Dataset):
+    """Evaluation items ``(image FloatTensor[3,H,W], meta)`` at the original size; ``meta`` holds the
+    ``image_id``, ``file_name``, dataset ``index`` and the ground truth ``gt`` (:class:`Instances` with RLE
+    masks, crowd regions included)."""
+
+    def __init__(self, coco: CocoDataset):
+        self.coco = coco
+
+    def __len__(self) -> int:
+        return len(self.coco)
+
+    def __getitem__(self, i: int):
+        image = self.coco.load_image(i)
+        im = self.coco.images[i]
+        meta = {
+            "index": i,
+            "image_id": im["id"],
+            "file_name": im["file_name"],
+            "gt": self.coco.load_instances(i),
+        }
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255), meta
+
+
+def collate(batch):
+    """Detection collate: a tuple of images and a tuple of targets (images keep their own sizes)."""
+    return tuple(zip(*batch, strict=True))
+
+
+class CocoDataModule(pl.LightningDataModule):
+    """Train / val data of a COCO dataset for Mask R-CNN.
+
+    Parameters
+    ----------
+    root : str, optional
+        Dataset folder (``images/``, ``annotations/instances_<split>.json``).
+    train_split, val_split : str
+    train_ann, val_ann, image_root : str, optional
+        Explicit JSON files / image folder instead of the root layout.
+    batch_size : int
+        Training images per step (validation uses ``val_batch_size``).
+    num_workers : int
+        DataLoader worker processes (0 loads in the main process).
+    persistent_workers, pin_memory : bool
+    train_transforms : list
+        albumentations transforms (Hydra configs or objects) applied to training images and masks.
+    max_crop : int, optional
+        Pre-crop large training images to at most this size before decoding masks.
+    min_area : int
+        Instances smaller than this after augmentation are dropped.
+    limit_train, limit_val : int, optional
+        Use only the first N images (smoke tests, quick runs).
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        train_ann: str | None = None,
+        val_ann: str | None = None,
+        image_root: str | None = None,
+        batch_size: int = 4,
+        val_batch_size: int = 2,
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        train_transforms: Sequence[Any] | None = None,
+        max_crop: int | None = None,
+        min_area: int = 4,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise SegbenchError(f"data.{name} must be a positive integer, got {v!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise SegbenchError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+        if persistent_workers and num_workers == 0:
+            raise SegbenchError(
+                "data.persistent_workers=true needs data.num_workers > 0; set one or the other"
+            )
+        cpus = os.cpu_count() or 1
+        if num_workers > cpus:
+            log.warning(
+                "data.num_workers=%d is more than the %d CPU cores of this machine", num_workers, cpus
+            )
+        self.root = root
+        self.train_split, self.val_split = train_split, val_split
+        self.train_ann, self.val_ann, self.image_root = train_ann, val_ann, image_root
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers = num_workers
+        self.persistent_workers = persistent_workers
+        self.pin_memory = pin_memory
+        self.train_transform_specs = list(train_transforms or [])
+        self.max_crop = max_crop
+        self.min_area = min_area
+        self.limit_train, self.limit_val = limit_train, limit_val
+        self.train_coco: CocoDataset | None = None
+        self.val_coco: CocoDataset | None = None
+
+    # -- datasets ---------------------------------------------------------------------------------
+    def _open(self, split: str, ann: str | None) -> CocoDataset:
+        ds = open_split(self.root, split, ann_file=ann, image_root=self.image_root)
+        return ds
+
+    def prepare_data(self) -> None:  # nothing to download
+        pass
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_coco is None:
+            self.train_coco = self._open(self.train_split, self.train_ann)
+            if len(self.train_coco) == 0:
+                raise SegbenchError(f"{self.train_coco.ann_file} has no images to train on")
+        if stage in (None, "fit", "validate", "test") and self.val_coco is None:
+            self.val_coco = self._open(self.val_split, self.val_ann)
+            if self.train_coco is not None and self.val_coco.class_names != self.train_coco.class_names:
+                raise SegbenchError(
+                    f"the categories of {self.val_coco.ann_file} ({self.val_coco.class_names}) differ from "
+                    f"those of {self.train_coco.ann_file} ({self.train_coco.class_names}); both splits need "
+                    "the same category list"
+                )
+
+    @property
+    def reference(self) -> CocoDataset:
+        """The split that defines the classes (train when open, else val)."""
+        ds = self.train_coco or self.val_coco
+        if ds is None:
+            self.setup("fit")
+            ds = self.train_coco
+        return ds
+
+    @property
+    def num_classes(self) -> int:
+        return self.reference.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.reference.class_names
+
+    @property
+    def categories(self) -> list[dict]:
+        return self.reference.categories
+
+    def _subset(self, ds: Dataset, limit: int | None) -> Dataset:
+        if limit is None or limit >= len(ds):
+            return ds
+        return torch.utils.data.Subset(ds, list(range(limit)))
+
+    def train_dataset(self) -> Dataset:
+        self.setup("fit")
+        tfm = build_transforms(self.train_transform_specs)
+        ds = TrainDataset(self.train_coco, tfm, max_crop=self.max_crop, min_area=self.min_area)
+        return self._subset(ds, self.limit_train)
+
+    def val_dataset(self) -> Dataset:
+        self.setup("validate")
+        return self._subset(EvalDataset(self.val_coco), self.limit_val)
+
+    def _loader(self, ds: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset(), batch_size=self.val_batch_size, shuffle=False)
