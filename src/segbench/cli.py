@@ -34,6 +34,9 @@ COMMANDS: dict[str, Command] = {
     for c in [
         Command("train", "train", "segbench.training:train", "fine-tune Mask R-CNN on a COCO dataset (experiment=...)"),
         Command("eval", "eval", "segbench.training:evaluate", "score a checkpoint on a split: metrics.json + COCO results"),
+        Command("compare", "compare", "segbench.report.cli_compare:compare", "score the model and the classical baselines on one split: leaderboard, plots, HTML report"),
+        Command("predict", "predict", "segbench.predict:predict_command", "predict images (file, folder, glob) with a checkpoint, an export or a baseline: COCO results + overlays"),
+        Command("export", "export", "segbench.export:export_command", "export a checkpoint to state_dict / TorchScript / ONNX, each checked against PyTorch"),
         Command("score", "score", "segbench.commands:score", "score any COCO results JSON against a COCO ground truth"),
         Command("data synth", "data_synth", "segbench.commands:data_synth", "write the embedded synthetic COCO dataset"),
         Command("data stats", "data_stats", "segbench.commands:data_stats", "print per-split statistics of a dataset"),
@@ -64,7 +67,14 @@ def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("now"):
-        OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt), use_cache=True)
+        # One start time per command, shared with the processes it launches (DDP re-runs the command
+        # line in each rank: all ranks must agree on the run folder).
+        # main() sets SEGBENCH_START_TIME once per command in the launching process.
+        def now(fmt: str) -> str:
+            start = os.environ.get("SEGBENCH_START_TIME")
+            return (datetime.fromisoformat(start) if start else datetime.now()).strftime(fmt)
+
+        OmegaConf.register_new_resolver("now", now)
 
 
 def compose(config_name: str, overrides: list[str]):
@@ -159,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point. Returns the exit status (0 ok, 1 the command found errors, 2 usage/data error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if "LOCAL_RANK" not in os.environ:  # a DDP child keeps its launcher's start time
+        os.environ["SEGBENCH_START_TIME"] = datetime.now().isoformat(timespec="microseconds")
     debug = os.environ.get("SEGBENCH_DEBUG", "") not in ("", "0")
     from segbench.types import SegbenchError
 

@@ -55,11 +55,11 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
             a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
         a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
-    if img.mode == "RGB":
-        return np.asarray(img, dtype=np.uint8)
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)  # a writable copy
 
 
 def read_image(path: str | os.PathLike, *, expected_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -580,3 +580,98 @@ def nan_to_none(x):
     if isinstance(x, np.generic):
         return nan_to_none(x.item())
     return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision-recall curves (read from the COCO evaluator, never recomputed)
+# --------------------------------------------------------------------------------------------------
+def _accumulated_eval(
+    gt: dict,
+    results: Sequence[dict],
+    *,
+    iou_type: str,
+    max_dets: int | None,
+    class_agnostic: bool,
+    backend: str,
+):
+    """An evaluated and accumulated COCO evaluator (same set-up as :func:`coco_evaluate`)."""
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    results = list(results)
+    per_image: dict[int, int] = {}
+    for r in results:
+        per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
+    cap = max(100, max(per_image.values(), default=0)) if max_dets is None else int(max_dets)
+    if cap < 1:
+        raise ValueError(f"max_dets must be a positive integer or None, got {max_dets!r}")
+    cg = _make_coco(gt, backend)
+    cd = _load_results(cg, results, backend)
+    E = _make_eval(cg, cd, iou_type, backend)
+    E.params.maxDets = sorted({1, 10, cap}) if cap >= 10 else [cap]
+    if class_agnostic:
+        E.params.useCats = 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        E.evaluate()
+        E.accumulate()
+    return E
+
+
+def pr_curve(
+    gt: dict,
+    results: Sequence[dict],
+    *,
+    iou_type: str = "segm",
+    iou_thresholds: Sequence[float] = (0.5, 0.75),
+    class_agnostic: bool = True,
+    max_dets: int | None = None,
+    backend: str = "faster_coco_eval",
+) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """Precision-recall curves at given IoU thresholds, as the COCO evaluator accumulates them.
+
+    The curve is the evaluator's interpolated ``precision[T, R, K, A, M]`` array read at the IoU
+    threshold ``T``, all recall thresholds ``R`` (0, 0.01, ..., 1), area ``all`` and the largest
+    detections cap ``M`` — the same numbers whose mean is AP. Class-aware curves average the
+    categories that have ground truth.
+
+    Parameters
+    ----------
+    gt, results, iou_type, max_dets, backend
+        As in :func:`coco_evaluate`.
+    iou_thresholds : sequence of float
+        Each must be one of COCO's thresholds 0.50, 0.55, ..., 0.95.
+    class_agnostic : bool
+        Ignore categories (every detection may match every object).
+
+    Returns
+    -------
+    dict
+        ``{iou: (recall, precision)}``, two float64 ``(101,)`` arrays. Precision is 0 beyond the
+        highest recall reached and NaN everywhere when there is no ground truth.
+
+    >>> m = np.zeros((1, 8, 8), bool); m[0, 2:6, 2:6] = True
+    >>> ev = Evaluator([{"id": 1, "name": "a"}])
+    >>> ev.update(Instances.from_masks(m), Instances.from_masks(m, scores=[0.9]))
+    >>> r, p = pr_curve(ev.gt_dataset(), ev.results)[0.5]
+    >>> float(p.min()), len(r)
+    (1.0, 101)
+    """
+    E = _accumulated_eval(
+        gt, results, iou_type=iou_type, max_dets=max_dets, class_agnostic=class_agnostic, backend=backend
+    )
+    p = E.params
+    prec = np.asarray(E.eval["precision"], dtype=np.float64)  # [T, R, K, A, M]
+    iou_thrs = np.asarray(p.iouThrs)
+    recall = np.asarray(p.recThrs, dtype=np.float64)
+    a_all = list(p.areaRngLbl).index("all")
+    out: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    for thr in iou_thresholds:
+        hit = np.flatnonzero(np.isclose(iou_thrs, float(thr)))
+        if not hit.size:
+            raise ValueError(
+                f"iou threshold {thr!r} is not one of COCO's ({', '.join(f'{t:.2f}' for t in iou_thrs)})"
+            )
+        curves = prec[hit[0], :, :, a_all, -1]  # [R, K]
+        valid = (curves > -1).all(axis=0)
+        precision = curves[:, valid].mean(axis=1) if valid.any() else np.full(len(recall), np.nan)
+        out[float(thr)] = (recall.copy(), precision)
+    return out

@@ -52,6 +52,7 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _r
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from segbench.types import SegbenchError
@@ -273,6 +274,7 @@ def build_maskrcnn(
     norm_layer: str | None = None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
+    keep_size: bool = False,
 ) -> MaskRCNN:
     """Build a torchvision Mask R-CNN for ``num_classes`` foreground classes.
 
@@ -323,6 +325,10 @@ def build_maskrcnn(
         frozen_batchnorm files are interchangeable).
     image_mean, image_std
         Per-channel normalisation; ``None`` keeps torchvision's ImageNet values.
+    keep_size
+        Do not resize images (``min_size``/``max_size`` are then unused): they are only normalised and
+        padded. For small objects in images of very different sizes (microscopy): train on crops and
+        predict at the native resolution. Uses :class:`NativeSizeTransform`, which is scriptable.
 
     Returns
     -------
@@ -386,6 +392,11 @@ def build_maskrcnn(
 
     body = _build_body(backbone, _NORM_FACTORIES[norm_name], imagenet=source == "imagenet")
     model = _assemble(backbone, body, trainable, anchor_generator, num_classes + 1, kwargs)
+    if keep_size:
+        t = model.transform
+        model.transform = NativeSizeTransform(
+            t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible
+        )
     logger.debug(
         "Built Mask R-CNN %s: %d classes, weights=%s, norm_layer=%s, trainable_backbone_layers=%d",
         backbone,
@@ -414,6 +425,15 @@ def build_maskrcnn(
             quiet_head_swap=False,
         )
     return model
+
+
+class NativeSizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform without the resize: normalise and batch (pad) only."""
+
+    def resize(
+        self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        return image, target
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from segbench.eval.metrics import Evaluator
-from segbench.models.segmenter import output_to_instances
+from segbench.models.segmenter import predict_instances
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
@@ -182,11 +182,9 @@ class MaskRCNNModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         images, metas = batch
-        outputs = self.model(list(images))
-        for out, meta in zip(outputs, metas, strict=True):
-            gt = meta["gt"]
-            pred = output_to_instances(out, gt.image_size, mask_threshold=self.mask_threshold)
-            self.evaluator.update(gt, pred, image_id=meta["image_id"], file_name=meta["file_name"])
+        preds = predict_instances(self.model, list(images), mask_threshold=self.mask_threshold)
+        for pred, meta in zip(preds, metas, strict=True):
+            self.evaluator.update(meta["gt"], pred, image_id=meta["image_id"], file_name=meta["file_name"])
 
     def _gather_evaluator(self) -> Evaluator:
         ev = self.evaluator

@@ -40,6 +40,75 @@ def output_to_instances(
     return Instances(image_size=image_size, boxes=boxes, labels=labels, scores=scores, rles=rles)
 
 
+def paste_masks_to_rles(
+    mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *, threshold: float = 0.5
+) -> list[dict]:
+    """Paste Mask R-CNN's ``[N, 1, M, M]`` mask probabilities into their boxes and run-length encode them.
+
+    Gives the same masks as torchvision's ``paste_masks_in_image`` followed by a threshold (same box
+    expansion and bilinear resize), but each mask is resized to its box only and written into one reused
+    full-size buffer, so memory does not grow with the number of detections and no float image per
+    detection is made.
+    """
+    from pycocotools import mask as mask_utils
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+    h, w = image_size
+    n = len(boxes)
+    if n == 0:
+        return []
+    masks, scale = expand_masks(mask_probs, padding=1)
+    eboxes = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    buf = np.zeros((h, w), dtype=np.uint8, order="F")
+    rles = []
+    for k in range(n):
+        x0b, y0b, x1b, y1b = eboxes[k]
+        bw, bh = max(x1b - x0b + 1, 1), max(y1b - y0b + 1, 1)
+        m = torch.nn.functional.interpolate(masks[k : k + 1], size=(bh, bw), mode="bilinear", align_corners=False)
+        x0, x1, y0, y1 = max(x0b, 0), min(x1b + 1, w), max(y0b, 0), min(y1b + 1, h)
+        if x1 <= x0 or y1 <= y0:
+            rles.append(mask_utils.encode(buf[:, :, None])[0])
+            continue
+        region = (m[0, 0, y0 - y0b : y1 - y0b, x0 - x0b : x1 - x0b] > threshold).numpy().astype(np.uint8)
+        buf[y0:y1, x0:x1] = region
+        rles.append(mask_utils.encode(buf[:, :, None])[0])
+        buf[y0:y1, x0:x1] = 0
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+@torch.inference_mode()
+def predict_instances(model, images: list[torch.Tensor], *, mask_threshold: float = 0.5) -> list[Instances]:
+    """Run a torchvision Mask R-CNN (eval mode) on ``FloatTensor[3, H, W]`` images; :class:`Instances` at
+    the original sizes with RLE masks.
+
+    The same network computation as ``model(images)``; only the last step differs: masks are pasted
+    and encoded by :func:`paste_masks_to_rles` instead of being pasted as ``N`` full-size float images.
+    """
+    from torchvision.models.detection.transform import resize_boxes
+
+    sizes = [tuple(int(v) for v in im.shape[-2:]) for im in images]
+    image_list, _ = model.transform(list(images))
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    out = []
+    for det, in_size, size in zip(detections, image_list.image_sizes, sizes, strict=True):
+        boxes = resize_boxes(det["boxes"], in_size, size)
+        rles = paste_masks_to_rles(det["masks"].float().cpu(), boxes.float().cpu(), size, threshold=mask_threshold)
+        out.append(
+            Instances(
+                image_size=size,
+                boxes=boxes.float().cpu().numpy(),
+                labels=det["labels"].cpu().numpy(),
+                scores=det["scores"].float().cpu().numpy(),
+                rles=rles,
+            )
+        )
+    return out
+
+
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
     """Read a segbench checkpoint with ``weights_only=True``; clear errors for missing or unsafe files."""
     path = Path(path)
@@ -93,13 +162,9 @@ class MaskRCNNSegmenter:
     @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray]) -> list[Instances]:
         tensors = [image_to_tensor(im, self.device) for im in images]
-        outputs = self.model(tensors)
-        out = []
-        for im, o in zip(images, outputs, strict=True):
-            if self.score_threshold > 0:
-                keep = o["scores"] >= self.score_threshold
-                o = {k: v[keep] for k, v in o.items()}
-            out.append(output_to_instances(o, im.shape[:2], mask_threshold=self.mask_threshold))
+        out = predict_instances(self.model, tensors, mask_threshold=self.mask_threshold)
+        if self.score_threshold > 0:
+            out = [p.select(p.scores >= self.score_threshold) for p in out]
         return out
 
     def __call__(self, image: np.ndarray) -> Instances:

@@ -1,0 +1,157 @@
+"""Training, evaluation and resuming through the command line, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from segbench.cli import main
+
+TINY = ["debug=tiny", "model.net.min_size=64", "model.net.max_size=64", "data.limit_val=4"]
+
+
+def tiny(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", *TINY, f"data.root={root}", f"paths.output_dir={out}", *extra]
+
+
+def run_dirs(out: Path, name: str = "default") -> list[Path]:
+    return sorted((out / "train" / name).glob("*/"))
+
+
+def test_fast_dev_run(synth_root, tmp_path, capsys):
+    code = main(["train", "debug=fdr", f"data.root={synth_root}", f"paths.output_dir={tmp_path}",
+                 "model.net.min_size=64", "model.net.max_size=64"])
+    assert code == 0, capsys.readouterr().err
+    (run,) = run_dirs(tmp_path)
+    assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
+
+
+class ProbeCallback(pl.Callback):
+    """Records the state a (resumed) run starts from."""
+
+    seen: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        opt = trainer.optimizers[0]
+        ProbeCallback.seen = {
+            "global_step": trainer.global_step,
+            "optimizer": {k: {n: t.clone() for n, t in v.items() if torch.is_tensor(t)}
+                          for k, v in opt.state_dict()["state"].items()},
+            "lr": opt.param_groups[0]["lr"],
+        }
+
+
+def test_train_eval_score_resume(synth_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(tiny(synth_root, out)) == 0, capsys.readouterr().err
+    (run,) = run_dirs(out)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and len(metrics["history"]) == 1
+    assert "val/segm_mAP" in metrics["history"][0]
+    last = run / "checkpoints" / "last.ckpt"
+    best = Path(metrics["best_checkpoint"])
+    assert last.is_file() and best.is_file() and best.parent == last.parent
+    (csv,) = run.glob("logs/*/metrics.csv")
+    assert not list(run.rglob("*.tmp"))  # atomic saves leave no temporary file behind
+    csv_head = csv.read_text().splitlines()[0]
+    for key in ("train/loss_mask", "train/loss_classifier", "train/lr", "val/segm_mAP", "val/bbox_mAP"):
+        assert key in csv_head
+
+    # eval writes metrics.json and results.json that `segbench score` reproduces exactly
+    ev = tmp_path / "eval"
+    assert main(["eval", f"ckpt_path={last}", f"data.root={synth_root}", f"out={ev}"]) == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    results = json.loads((ev / "results.json").read_text())
+    assert m["num_pred"] == len(results)
+    cats = {c["id"] for c in json.loads((synth_root / "annotations" / "instances_val.json").read_text())["categories"]}
+    assert {r["category_id"] for r in results} <= cats
+    sc = tmp_path / "score"
+    gt = synth_root / "annotations" / "instances_val.json"
+    assert main(["score", f"gt={gt}", f"pred={ev / 'results.json'}", f"out={sc}"]) == 0
+    s = json.loads((sc / "metrics.json").read_text())
+    for k in ("segm_AP", "segm_AP50", "bbox_AP", "segm_agnostic_AP", "f1", "pq", "fg_iou"):
+        assert s[k] == m[k], k
+
+    # resume: the latest run continues from last.ckpt with its step, optimizer and schedule
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    probe = "+callbacks.probe._target_=tests.test_training.ProbeCallback"
+    assert main(tiny(synth_root, out, "resume=true", "trainer.max_epochs=2", probe)) == 0, capsys.readouterr().err
+    assert run_dirs(out) == [run]  # same run folder
+    assert len(list(run.glob("logs/*/metrics.csv"))) == 2  # the first start's logs are kept
+    seen = ProbeCallback.seen
+    assert seen["global_step"] == 2
+    saved_state = saved["optimizer_states"][0]["state"]
+    assert seen["optimizer"].keys() == saved_state.keys() and len(saved_state) > 10
+    for k, v in seen["optimizer"].items():
+        for n, t in v.items():
+            assert torch.equal(t, saved_state[k][n])
+    assert seen["lr"] == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and [h["epoch"] for h in metrics["history"]] == [0, 1]
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 4 and resumed["lr_schedulers"][0]["last_epoch"] == 4
+
+
+def test_resume_without_previous_run_is_a_clear_error(synth_root, tmp_path, capsys):
+    code = main(tiny(synth_root, tmp_path, "resume=true"))
+    assert code == 2 and "no earlier run" in capsys.readouterr().err
+
+
+def test_ckpt_path_resume_of_a_given_checkpoint(synth_root, tmp_path, capsys):
+    assert main(tiny(synth_root, tmp_path / "a")) == 0
+    (run,) = run_dirs(tmp_path / "a")
+    ck = run / "checkpoints" / "last.ckpt"
+    assert main(tiny(synth_root, tmp_path / "b", f"ckpt_path={ck}", "trainer.max_epochs=2")) == 0
+    (run_b,) = run_dirs(tmp_path / "b")
+    assert json.loads((run_b / "metrics.json").read_text())["global_step"] == 4
+
+
+def test_weights_file_with_another_class_count(synth_root, tmp_path, capsys, caplog):
+    from segbench.models.maskrcnn import build_maskrcnn
+
+    other = build_maskrcnn(num_classes=5, backbone="resnet18_fpn", min_size=64, max_size=64)
+    path = tmp_path / "five.pth"
+    torch.save(other.state_dict(), path)
+    code = main(["train", "debug=fdr", f"data.root={synth_root}", f"paths.output_dir={tmp_path}",
+                 f"model.net.weights={path}", "model.net.min_size=64", "model.net.max_size=64"])
+    assert code == 0, capsys.readouterr().err
+    assert "replaced" in caplog.text.lower() or "re-initialised" in caplog.text.lower()
+
+
+def test_nonfinite_loss_names_step_and_term(synth_root, tmp_path, capsys, monkeypatch):
+    import torchvision.models.detection.roi_heads as rh
+
+    monkeypatch.setattr(rh, "maskrcnn_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    code = main(tiny(synth_root, tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite loss at step 0" in err and "loss_mask=nan" in err
+    # skipping instead: training finishes, the batches are counted, no NaN-scored checkpoint is "best"
+    code = main(tiny(synth_root, tmp_path / "skip", "model.on_nonfinite_loss=skip"))
+    assert code == 0
+    (run,) = run_dirs(tmp_path / "skip")
+    assert json.loads((run / "metrics.json").read_text())["skipped_batches"] == 2
+
+
+def test_bf16_mixed_precision_runs_on_cpu(synth_root, tmp_path, capsys):
+    code = main(["train", "debug=fdr", f"data.root={synth_root}", f"paths.output_dir={tmp_path}",
+                 "model.net.min_size=64", "model.net.max_size=64", "trainer.precision=bf16-mixed"])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(synth_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [str(Path(sys.executable).parent / "segbench"), *tiny(synth_root, tmp_path), "trainer=ddp_cpu",
+           "trainer.max_steps=2", "data.batch_size=1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["global_step"] == 2
