@@ -26,8 +26,16 @@ def run_dirs(out: Path, name: str = "default") -> list[Path]:
 
 
 def test_fast_dev_run(synth_root, tmp_path, capsys):
-    code = main(["train", "debug=fdr", f"data.root={synth_root}", f"paths.output_dir={tmp_path}",
-                 "model.net.min_size=64", "model.net.max_size=64"])
+    code = main(
+        [
+            "train",
+            "debug=fdr",
+            f"data.root={synth_root}",
+            f"paths.output_dir={tmp_path}",
+            "model.net.min_size=64",
+            "model.net.max_size=64",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     (run,) = run_dirs(tmp_path)
     assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
@@ -42,8 +50,10 @@ class ProbeCallback(pl.Callback):
         opt = trainer.optimizers[0]
         ProbeCallback.seen = {
             "global_step": trainer.global_step,
-            "optimizer": {k: {n: t.clone() for n, t in v.items() if torch.is_tensor(t)}
-                          for k, v in opt.state_dict()["state"].items()},
+            "optimizer": {
+                k: {n: t.clone() for n, t in v.items() if torch.is_tensor(t)}
+                for k, v in opt.state_dict()["state"].items()
+            },
             "lr": opt.param_groups[0]["lr"],
         }
 
@@ -70,7 +80,10 @@ def test_train_eval_score_resume(synth_root, tmp_path, capsys):
     m = json.loads((ev / "metrics.json").read_text())
     results = json.loads((ev / "results.json").read_text())
     assert m["num_pred"] == len(results)
-    cats = {c["id"] for c in json.loads((synth_root / "annotations" / "instances_val.json").read_text())["categories"]}
+    cats = {
+        c["id"]
+        for c in json.loads((synth_root / "annotations" / "instances_val.json").read_text())["categories"]
+    }
     assert {r["category_id"] for r in results} <= cats
     sc = tmp_path / "score"
     gt = synth_root / "annotations" / "instances_val.json"
@@ -82,7 +95,9 @@ def test_train_eval_score_resume(synth_root, tmp_path, capsys):
     # resume: the latest run continues from last.ckpt with its step, optimizer and schedule
     saved = torch.load(last, map_location="cpu", weights_only=True)
     probe = "+callbacks.probe._target_=tests.test_training.ProbeCallback"
-    assert main(tiny(synth_root, out, "resume=true", "trainer.max_epochs=2", probe)) == 0, capsys.readouterr().err
+    assert main(tiny(synth_root, out, "resume=true", "trainer.max_epochs=2", probe)) == 0, (
+        capsys.readouterr().err
+    )
     assert run_dirs(out) == [run]  # same run folder
     assert len(list(run.glob("logs/*/metrics.csv"))) == 2  # the first start's logs are kept
     seen = ProbeCallback.seen
@@ -119,8 +134,17 @@ def test_weights_file_with_another_class_count(synth_root, tmp_path, capsys, cap
     other = build_maskrcnn(num_classes=5, backbone="resnet18_fpn", min_size=64, max_size=64)
     path = tmp_path / "five.pth"
     torch.save(other.state_dict(), path)
-    code = main(["train", "debug=fdr", f"data.root={synth_root}", f"paths.output_dir={tmp_path}",
-                 f"model.net.weights={path}", "model.net.min_size=64", "model.net.max_size=64"])
+    code = main(
+        [
+            "train",
+            "debug=fdr",
+            f"data.root={synth_root}",
+            f"paths.output_dir={tmp_path}",
+            f"model.net.weights={path}",
+            "model.net.min_size=64",
+            "model.net.max_size=64",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "replaced" in caplog.text.lower() or "re-initialised" in caplog.text.lower()
 
@@ -140,16 +164,30 @@ def test_nonfinite_loss_names_step_and_term(synth_root, tmp_path, capsys, monkey
 
 
 def test_bf16_mixed_precision_runs_on_cpu(synth_root, tmp_path, capsys):
-    code = main(["train", "debug=fdr", f"data.root={synth_root}", f"paths.output_dir={tmp_path}",
-                 "model.net.min_size=64", "model.net.max_size=64", "trainer.precision=bf16-mixed"])
+    code = main(
+        [
+            "train",
+            "debug=fdr",
+            f"data.root={synth_root}",
+            f"paths.output_dir={tmp_path}",
+            "model.net.min_size=64",
+            "model.net.max_size=64",
+            "trainer.precision=bf16-mixed",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(synth_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [str(Path(sys.executable).parent / "segbench"), *tiny(synth_root, tmp_path), "trainer=ddp_cpu",
-           "trainer.max_steps=2", "data.batch_size=1"]
+    cmd = [
+        str(Path(sys.executable).parent / "segbench"),
+        *tiny(synth_root, tmp_path),
+        "trainer=ddp_cpu",
+        "trainer.max_steps=2",
+        "data.batch_size=1",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     (run,) = run_dirs(tmp_path)

@@ -41,6 +41,43 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 logger.after_save_checkpoint(proxy(self))
 
 
+class RNGStateCallback(pl.Callback):
+    """Saves the random generators (torch, numpy, python) in checkpoints and restores them on resume, so
+    that a resumed run draws the same shuffles and augmentations as an uninterrupted one."""
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+        import torch
+
+        np_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(np_state[1].astype("int64")),
+                "pos": int(np_state[2]),
+                "has_gauss": int(np_state[3]),
+                "gauss": float(np_state[4]),
+            },
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state(
+            ("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"])
+        )
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+
+
 def latest_run(output_dir: str | os.PathLike, name: str) -> Path | None:
     """The newest run folder of ``name`` that holds ``checkpoints/last.ckpt``."""
     base = Path(output_dir) / "train" / name

@@ -91,15 +91,19 @@ class TrainDataset(Dataset):
         return out, labels
 
     def __getitem__(self, i: int):
+        # One seed per item drawn from torch's generator: augmentations follow seed_everything, differ
+        # between DataLoader workers, and replay exactly after a resume.
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         image = self.coco.load_image(i)
         h, w = image.shape[:2]
         window = None
         if self.max_crop and (h > self.max_crop or w > self.max_crop):
-            window = _random_window(h, w, self.max_crop, np.random.default_rng())
+            window = _random_window(h, w, self.max_crop, np.random.default_rng(seed))
             y0, x0, ch, cw = window
             image = image[y0 : y0 + ch, x0 : x0 + cw]
         masks, labels = self._masks(i, window)
         if self.transforms is not None:
+            self.transforms.set_random_seed(seed)
             out = self.transforms(image=image, masks=masks) if len(masks) else self.transforms(image=image)
             image = out["image"]
             masks = (

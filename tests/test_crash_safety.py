@@ -1,0 +1,103 @@
+"""Crash-safe training: atomic checkpoints, SIGKILL mid-epoch then resume=true gives the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segbench.training import AtomicModelCheckpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SEGBENCH = str(Path(sys.executable).parent / "segbench")
+
+
+def _train(args: list[str], out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [SEGBENCH, "train", *args, f"paths.output_dir={out}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synth_root, tmp_path):
+    args = [
+        "debug=tiny",
+        f"data.root={synth_root}",
+        "model.net.min_size=64",
+        "model.net.max_size=64",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=3",
+        "trainer.deterministic=true",
+        "data.limit_val=4",
+        "seed=7",
+        "test_after_fit=false",
+    ]
+    ref = _train(args, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    (ref_run,) = (tmp_path / "ref" / "train" / "default").iterdir()
+    ref_m = json.loads((ref_run / "metrics.json").read_text())
+
+    killed = _train(
+        [*args, "+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=5"],
+        tmp_path / "run",
+    )
+    assert killed.returncode == -signal.SIGKILL  # killed in the middle of epoch 1 (steps 3..5)
+    (run,) = (tmp_path / "run" / "train" / "default").iterdir()
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+    assert not (run / "metrics.json").exists()
+
+    resumed = _train([*args, "resume=true"], tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["global_step"] == ref_m["global_step"] == 9
+    assert [h["epoch"] for h in m["history"]] == [0, 1, 2]
+    for a, b in zip(m["history"], ref_m["history"], strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    w_ref = torch.load(ref_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+    w = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.allclose(w[k].float(), w_ref[k].float(), atol=1e-5) for k in w_ref)
+
+
+class _Trainer:
+    """Just enough of a Trainer for ModelCheckpoint._save_checkpoint."""
+
+    is_global_zero = True
+    global_step = 7
+    loggers: list = []
+
+    class strategy:  # noqa: N801
+        @staticmethod
+        def barrier(name=None):
+            pass
+
+    def __init__(self, fail: bool):
+        self.fail = fail
+
+    def save_checkpoint(self, path, weights_only=False):
+        Path(path).write_bytes(b"partial")
+        if self.fail:
+            raise KeyboardInterrupt  # the process dies while writing
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path):
+    target = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3}, target)
+    cb = AtomicModelCheckpoint(dirpath=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cb._save_checkpoint(_Trainer(fail=True), str(target))
+    assert torch.load(target, weights_only=True) == {"global_step": 3}
+    cb._save_checkpoint(_Trainer(fail=False), str(target))
+    assert target.read_bytes() == b"partial" and not (tmp_path / "last.ckpt.tmp").exists()
