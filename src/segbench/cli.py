@@ -40,6 +40,7 @@ COMMANDS: dict[str, Command] = {
         Command("score", "score", "segbench.commands:score", "score any COCO results JSON against a COCO ground truth"),
         Command("data synth", "data_synth", "segbench.commands:data_synth", "write the embedded synthetic COCO dataset"),
         Command("data stats", "data_stats", "segbench.commands:data_stats", "print per-split statistics of a dataset"),
+        Command("data check", "data_check", "segbench.commands:data_check", "check a dataset: every problem with ids and a fix hint (fix=true writes a corrected JSON)"),
     ]
 }
 # fmt: on

@@ -94,3 +94,54 @@ def score(cfg: DictConfig) -> int:
     out = write_json(Path(cfg.out) / "metrics.json", m)
     print(f"wrote {out}")
     return 0
+
+
+def data_check(cfg: DictConfig) -> int:
+    """Check a dataset (every split): list every problem by kind with ids and a fix; exit 1 on errors.
+
+    Keys: data.root (or data.<split>_ann + data.image_root), splits, fix (write <stem>.fixed.json and
+    <stem>.fixes.log beside each JSON, then check the fixed file), max_dets, read_images, max_examples,
+    out (optional JSON file with every issue).
+    """
+    from segbench.data.checks import check_dataset, fix_dataset, fixes_log_path, split_files
+    from segbench.eval.runner import write_json
+
+    splits = _splits(cfg)
+    found: dict = {}
+    errors = warnings = 0
+    for split in splits:
+        try:
+            ann, images = split_files(
+                cfg.data.get("root"),
+                split,
+                ann_file=cfg.data.get(f"{split}_ann"),
+                image_root=cfg.data.get("image_root"),
+            )
+        except SegbenchError as e:
+            if "no annotations for split" in str(e) and len(splits) > 1:
+                log.info("skipping split %s: %s", split, e)
+                continue
+            raise
+        opts = {"max_dets": cfg.max_dets, "read_images": cfg.read_images}
+        report = check_dataset(ann, images, **opts)
+        print(report.format(title=split, max_examples=cfg.max_examples))
+        entry = {"check": report.to_dict()}
+        if cfg.fix and not report.fixable:
+            print(f"\n[{split}] fix: nothing to change ({ann} is left as it is)")
+        elif cfg.fix:
+            out, changes = fix_dataset(ann, report)
+            print(f"\n[{split}] fix: {len(changes)} change(s) -> {out} (log: {fixes_log_path(ann, out)})")
+            report = check_dataset(out, images, **opts)
+            print(report.format(title=f"{split} fixed", max_examples=cfg.max_examples))
+            entry.update(fixed=report.to_dict(), changes=changes)
+        print()
+        errors += report.errors
+        warnings += report.warnings
+        found[split] = entry
+    if not found:
+        raise SegbenchError(f"no split of {splits} found under data.root={cfg.data.get('root')}")
+    if cfg.get("out"):
+        print(f"wrote {write_json(cfg.out, found)}")
+    verdict = "errors remain" if errors else "no errors"
+    print(f"data check: {errors} error(s), {warnings} warning(s) in {len(found)} split(s): {verdict}")
+    return 1 if errors else 0

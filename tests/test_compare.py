@@ -1,0 +1,279 @@
+"""``segbench compare``: baselines fitted on train, the model, the leaderboard, bootstrap and the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+
+from segbench.cli import main
+from segbench.eval.compare import MethodResult, check_methods, pick_images, resample_coco
+from segbench.eval.metrics import Evaluator, coco_evaluate, pr_curve
+from segbench.types import Instances, SegbenchError
+
+LEADERBOARD_SCORES = ("AP", "AP50", "AP75", "f1", "pq", "fg_iou", "fg_dice")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    from segbench.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate(root, num_train=8, num_val=4, image_size=64, min_radius=6, max_radius=14)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_root, tmp_path_factory) -> Path:
+    """An untrained ResNet-18 Mask R-CNN saved as a segbench checkpoint (no training)."""
+    import torch
+
+    from segbench.data.coco import open_split
+    from segbench.models.module import MaskRCNNModule
+
+    ds = open_split(tiny_root, "train")
+    torch.manual_seed(0)
+    net = {
+        "backbone": "resnet18_fpn",
+        "weights": None,
+        "min_size": 64,
+        "max_size": 64,
+        "box_detections_per_img": 20,
+    }
+    module = MaskRCNNModule(
+        net=net,
+        num_classes=ds.num_classes,
+        class_names=ds.class_names,
+        categories=ds.categories,
+        label_to_cat_id=ds.label_to_cat_id,
+    )
+    ckpt = {
+        "state_dict": {"model." + k: v for k, v in module.model.state_dict().items()},
+        "segbench": {
+            "format": 1,
+            "net": dict(module.net_kwargs),
+            "num_classes": module.num_classes,
+            "class_names": module.class_names,
+            "categories": module.categories,
+            "label_to_cat_id": module.label_to_cat_id,
+            "mask_threshold": module.mask_threshold,
+            "history": [],
+        },
+    }
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("href", "src") and v:
+                self.links.append(v)
+
+
+def _local_links(html_file: Path) -> list[str]:
+    p = _Links()
+    p.feed(html_file.read_text(encoding="utf-8"))
+    return [unquote(link) for link in p.links if not urlparse(link).scheme and not link.startswith("#")]
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _check_report(out: Path, methods: list[str]) -> dict:
+    html = out / "report.html"
+    assert html.is_file() and (out / "report.md").is_file() and (out / "leaderboard.md").is_file()
+    links = _local_links(html)
+    assert any(x.endswith(".png") for x in links)
+    missing = [x for x in links if not (out / x).is_file()]
+    assert not missing, f"report.html links files that do not exist: {missing}"
+    board = json.loads((out / "leaderboard.json").read_text())
+    rows = board["rows"]
+    assert sorted(r["method"] for r in rows) == sorted(methods)
+    aps = [r["AP"] for r in rows]
+    assert aps == sorted(aps, reverse=True)
+    for r in rows:
+        for k in LEADERBOARD_SCORES:
+            assert r[k] is not None and 0.0 <= r[k] <= 1.0, (r["method"], k, r[k])
+        assert r["ms_per_image"] > 0
+        assert (out / "methods" / r["method"] / "results.json").is_file()
+        assert (
+            json.loads((out / "methods" / r["method"] / "metrics.json").read_text())["method"] == r["method"]
+        )
+    with open(out / "leaderboard.csv", newline="") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == [r["method"] for r in rows]
+    return board
+
+
+def test_compare_baselines_only_end_to_end(capsys, tiny_root, tmp_path):
+    out = tmp_path / "cmp"
+    methods = ["threshold", "multi_threshold", "sobel", "laplace", "kmeans"]
+    code, stdout, err = _run(capsys, "compare", f"data.root={tiny_root}", f"out={out}", "fit_images=6")
+    assert code == 0, err
+    board = _check_report(out, methods)
+    assert board["bootstrap"] is None and any("no model" in n for n in board["notes"])
+    assert all(r["AP_class_aware"] is None for r in board["rows"])
+    # Fitted on train and saved beside the results.
+    for m in methods:
+        params = json.loads((out / "baselines" / f"{m}.json").read_text())
+        assert params["name"] == m and params["fitted"] is not None
+    assert len(list((out / "overlays").glob("*.png"))) == 3
+    for name in ("leaderboard", "pr_iou50", "pr_iou75"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    assert stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    for m in methods:
+        assert m in stdout
+
+    # Reuse the fitted parameters: no fitting, same numbers.
+    out2 = tmp_path / "cmp2"
+    code, _, err = _run(
+        capsys,
+        "compare",
+        f"data.root={tiny_root}",
+        f"out={out2}",
+        "methods=[threshold,kmeans]",
+        f"baseline_params_dir={out / 'baselines'}",
+        "overlays=1",
+    )
+    assert code == 0, err
+    again = {r["method"]: r["AP"] for r in json.loads((out2 / "leaderboard.json").read_text())["rows"]}
+    first = {r["method"]: r["AP"] for r in board["rows"]}
+    assert again == {m: first[m] for m in ("threshold", "kmeans")}
+    assert json.loads((out2 / "baselines" / "threshold.json").read_text()) == json.loads(
+        (out / "baselines" / "threshold.json").read_text()
+    )
+
+
+def test_compare_with_model_checkpoint(capsys, tiny_root, tiny_ckpt, tmp_path):
+    out = tmp_path / "cmp"
+    code, stdout, err = _run(
+        capsys,
+        "compare",
+        f"data.root={tiny_root}",
+        f"out={out}",
+        f"ckpt_path={tiny_ckpt}",
+        "methods=[maskrcnn,threshold,kmeans]",
+        "bootstrap=25",
+        "fit_images=4",
+        "device=cpu",
+    )
+    assert code == 0, err
+    board = _check_report(out, ["maskrcnn", "threshold", "kmeans"])
+    model = next(r for r in board["rows"] if r["method"] == "maskrcnn")
+    assert model["kind"] == "model" and model["AP_class_aware"] is not None
+    assert set(model["per_class_AP"]) == {"circle", "square", "triangle"}
+    b = board["bootstrap"]
+    assert b["a"] == "maskrcnn" and b["b"] in ("threshold", "kmeans") and b["n_resamples"] == 25
+    best_baseline = next(r for r in board["rows"] if r["kind"] == "baseline")["method"]
+    assert b["b"] == best_baseline
+    for key in ("segm_agnostic_AP", "f1"):
+        s = b[key]
+        assert s["ci_low"] <= s["ci_high"] and s["resamples_used"] > 0
+        assert s["difference"] == pytest.approx(s["a"] - s["b"])
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert [p.name.split("_")[1] for p in overlays] == ["best", "median", "worst"]
+    assert "95% CI" in stdout and "maskrcnn" in stdout
+    assert "95% CI" in (out / "report.html").read_text()
+
+
+def test_unknown_method_is_a_usage_error_listing_valid_ones(capsys, tiny_root, tmp_path):
+    code, _, err = _run(
+        capsys, "compare", f"data.root={tiny_root}", f"out={tmp_path}", "methods=[threshold,otsu]"
+    )
+    assert code == 2
+    assert "'otsu'" in err and "maskrcnn" in err and "kmeans" in err and "multi_threshold" in err
+
+
+def test_model_without_checkpoint_names_ckpt_path(capsys, tiny_root, tmp_path):
+    code, _, err = _run(
+        capsys, "compare", f"data.root={tiny_root}", f"out={tmp_path}", "methods=[maskrcnn,threshold]"
+    )
+    assert code == 2 and "ckpt_path" in err
+
+
+def test_check_methods_defaults():
+    assert check_methods(None, has_model=False)[0] == "threshold"
+    assert check_methods(None, has_model=True)[0] == "maskrcnn"
+    assert check_methods(["kmeans", "kmeans", "sobel"], has_model=False) == ["kmeans", "sobel"]
+    with pytest.raises(SegbenchError, match="valid methods"):
+        check_methods(["nope"], has_model=True)
+
+
+def _square_evaluator(preds_per_image):
+    ev = Evaluator([{"id": 1, "name": "thing"}])
+    for k, n_pred in enumerate(preds_per_image):
+        m = np.zeros((2, 32, 32), bool)
+        m[0, 2:12, 2:12] = True
+        m[1, 16:30, 16:30] = True
+        pred = Instances.from_masks(m[:n_pred], scores=np.linspace(0.9, 0.5, n_pred)) if n_pred else None
+        ev.update(
+            Instances.from_masks(m), pred or Instances.empty((32, 32), with_scores=True), image_id=10 + k
+        )
+    return ev
+
+
+def test_pr_curve_of_a_perfect_prediction_is_one_everywhere():
+    ev = _square_evaluator([2, 2, 2])
+    curves = pr_curve(ev.gt_dataset(), ev.results, iou_thresholds=(0.5, 0.75))
+    for iou in (0.5, 0.75):
+        recall, precision = curves[iou]
+        assert recall[0] == 0 and recall[-1] == pytest.approx(1.0) and len(recall) == 101
+        np.testing.assert_array_equal(precision, np.ones(101))
+    with pytest.raises(ValueError, match="not one of COCO"):
+        pr_curve(ev.gt_dataset(), ev.results, iou_thresholds=(0.62,))
+
+
+def test_pr_curve_mean_is_the_ap():
+    ev = _square_evaluator([2, 1, 0])
+    r, p = pr_curve(ev.gt_dataset(), ev.results, iou_thresholds=(0.5,))[0.5]
+    ap50 = coco_evaluate(ev.gt_dataset(), ev.results, class_agnostic=True)["AP50"]
+    assert float(p.mean()) == pytest.approx(ap50)
+    assert p[r > 0.5 + 1e-9].max() == 0  # 3 of 6 objects found: nothing beyond recall 0.5
+
+
+def test_resample_renumbers_images_and_keeps_the_score_of_the_full_set():
+    ev = _square_evaluator([2, 1, 0])
+    gt, (res,) = resample_coco(ev.gt_dataset(), [ev.results], [0, 1, 2])
+    assert [im["id"] for im in gt["images"]] == [1, 2, 3]
+    assert coco_evaluate(gt, res)["AP"] == pytest.approx(coco_evaluate(ev.gt_dataset(), ev.results)["AP"])
+    gt2, (res2,) = resample_coco(ev.gt_dataset(), [ev.results], [0, 0])
+    assert len(gt2["annotations"]) == 4 and len({a["id"] for a in gt2["annotations"]}) == 4
+    assert coco_evaluate(gt2, res2)["AP"] == pytest.approx(1.0)
+
+
+def test_pick_images_best_median_worst():
+    ev = _square_evaluator([1, 2, 0, 1, 2])
+    picks = pick_images(MethodResult("m", "baseline", {}, ev), 3)
+    assert [p["label"] for p in picks] == ["best", "median", "worst"]
+    assert picks[0]["f1"] == 1.0 and picks[-1]["f1"] == 0.0 and picks[-1]["image_id"] == 12
+    assert len(pick_images(MethodResult("m", "baseline", {}, ev), 10)) == 5
+
+
+def test_equal_scores_are_warned_about():
+    from segbench.eval.compare import score_warnings
+
+    ev = Evaluator([{"id": 1, "name": "thing"}])
+    m = np.zeros((2, 32, 32), bool)
+    m[0, 2:12, 2:12] = True
+    m[1, 16:30, 16:30] = True
+    ev.update(Instances.from_masks(m), Instances.from_masks(m, scores=[0.5, 0.5]))
+    flat = MethodResult("flat", "baseline", {}, ev)
+    ranked = MethodResult("ranked", "baseline", {}, _square_evaluator([2]))
+    empty = MethodResult("empty", "baseline", {}, _square_evaluator([0]))
+    warnings = score_warnings({"flat": flat, "ranked": ranked, "empty": empty})
+    assert len(warnings) == 2
+    assert warnings[0].startswith("flat: all 2 instance scores are equal")
+    assert warnings[1].startswith("empty made no detection")
