@@ -106,3 +106,8 @@ def test_score_refuses_results_of_another_dataset(capsys, tmp_path):
         capsys, "score", f"gt={tmp_path}/gt.json", f"pred={tmp_path}/pred.json", f"out={tmp_path}/o"
     )
     assert code == 2 and "image id(s)" in err and "another dataset" in err
+
+
+def test_predict_model_names_an_export(capsys):
+    code, out, _ = run(capsys, "predict", "model=exp/model.onnx", "input=a.png", "--cfg")
+    assert code == 0 and "exported: exp/model.onnx" in out

@@ -166,6 +166,20 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _user_message(e: BaseException) -> str:
+    """The message of ``e``; for an error re-raised by a DataLoader worker (whose message holds the
+    worker's traceback), only the original message."""
+    text = str(e)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        lines = text.rstrip().splitlines()
+        prefixes = (f"{type(e).__module__}.{type(e).__qualname__}: ", f"{type(e).__qualname__}: ")
+        for k in range(len(lines) - 1, -1, -1):
+            for prefix in prefixes:
+                if lines[k].startswith(prefix):
+                    return "\n".join([lines[k][len(prefix) :], *lines[k + 1 :]]).strip()
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Returns the exit status (0 ok, 1 the command found errors, 2 usage/data error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"config: {config_dir() / (cmd.config + '.yaml')} (see all keys with `segbench {cmd.name} --cfg`)"
             )
             return 0
+        if cmd.name == "predict":  # `model=FILE` names an export here, not the training config group
+            overrides = ["exported=" + a[len("model=") :] if a.startswith("model=") else a for a in overrides]
         cfg = compose(cmd.config, overrides)
         if "--cfg" in flags:
             from omegaconf import OmegaConf
@@ -208,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except SegbenchError as e:
         if debug:
             raise
-        print(f"segbench: error: {e}", file=sys.stderr)
+        print(f"segbench: error: {_user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("segbench: interrupted", file=sys.stderr)
@@ -219,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         from hydra.errors import InstantiationException
 
         if isinstance(e, InstantiationException):
-            print(f"segbench: config error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+            cause = e.__cause__
+            while isinstance(cause, InstantiationException):
+                cause = cause.__cause__
+            if isinstance(cause, SegbenchError):  # raised by the class Hydra built: the user's mistake
+                print(f"segbench: error: {_user_message(cause)}", file=sys.stderr)
+                return 2
+            lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+            print(f"segbench: config error: {' '.join(lines)}", file=sys.stderr)
             return 2
         print(
             f"segbench: internal error: {type(e).__name__}: {e}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,9 @@ def paste_masks_to_rles(
     for k in range(n):
         x0b, y0b, x1b, y1b = eboxes[k]
         bw, bh = max(x1b - x0b + 1, 1), max(y1b - y0b + 1, 1)
-        m = torch.nn.functional.interpolate(masks[k : k + 1], size=(bh, bw), mode="bilinear", align_corners=False)
+        m = torch.nn.functional.interpolate(
+            masks[k : k + 1], size=(bh, bw), mode="bilinear", align_corners=False
+        )
         x0, x1, y0, y1 = max(x0b, 0), min(x1b + 1, w), max(y0b, 0), min(y1b + 1, h)
         if x1 <= x0 or y1 <= y0:
             rles.append(mask_utils.encode(buf[:, :, None])[0])
@@ -96,7 +99,9 @@ def predict_instances(model, images: list[torch.Tensor], *, mask_threshold: floa
     out = []
     for det, in_size, size in zip(detections, image_list.image_sizes, sizes, strict=True):
         boxes = resize_boxes(det["boxes"], in_size, size)
-        rles = paste_masks_to_rles(det["masks"].float().cpu(), boxes.float().cpu(), size, threshold=mask_threshold)
+        rles = paste_masks_to_rles(
+            det["masks"].float().cpu(), boxes.float().cpu(), size, threshold=mask_threshold
+        )
         out.append(
             Instances(
                 image_size=size,
@@ -109,6 +114,28 @@ def predict_instances(model, images: list[torch.Tensor], *, mask_threshold: floa
     return out
 
 
+def fix_roi_pool_scales(model: torch.nn.Module, *, side: int = 128) -> torch.nn.Module:
+    """Set the feature-map scales of the RoI poolers from an exact ``side x side`` input.
+
+    torchvision's ``MultiScaleRoIAlign`` infers its scales from the *first* batch it sees and keeps
+    them: an image whose resized height is far from its padded height (small models: a 50 x 72 image at
+    ``min_size = max_size = 64`` is resized to 44 x 64 and padded to 64 x 64) makes it round the
+    stride-4 level to 1/2, and every later prediction of that model object is wrong. Exports freeze
+    whatever scales the model holds, so they are set here first, from padding-free feature maps.
+    """
+    if side % 32:
+        raise ValueError(f"side must be a multiple of 32, got {side}")
+    heads = model.roi_heads
+    pools = [p for p in (heads.box_roi_pool, getattr(heads, "mask_roi_pool", None)) if p is not None]
+    with torch.inference_mode():
+        features = model.backbone(torch.zeros(1, 3, side, side, device=next(model.parameters()).device))
+        box = [torch.tensor([[0.0, 0.0, 8.0, 8.0]], device=next(iter(features.values())).device)]
+        for pool in pools:
+            pool.scales, pool.map_levels = None, None
+            pool(features, box, [(side, side)])
+    return model
+
+
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
     """Read a segbench checkpoint with ``weights_only=True``; clear errors for missing or unsafe files."""
     path = Path(path)
@@ -117,13 +144,22 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        text = str(e)
+        msg = text.splitlines()[0] if text else type(e).__name__
+        # weights_only=True wraps *every* unpickling failure in "Weights only load failed": only a
+        # forbidden global means code would run; anything else is a damaged or foreign file.
+        culprit = re.search(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked", text)
+        if culprit or "Unsupported global" in text:
+            what = f" (it references {culprit.group(1) or culprit.group(2)})" if culprit else ""
             raise SegbenchError(
-                f"refusing to load {path}: it contains Python objects whose unpickling would run code "
-                f"({msg[:200]}). Only load checkpoints you trust; segbench loads tensors only."
+                f"refusing to load {path}: it contains Python objects whose unpickling would run code{what}. "
+                "Only load checkpoints you trust; segbench loads tensors only."
             ) from None
-        raise SegbenchError(f"cannot read checkpoint {path}: {msg[:300]}") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        raise SegbenchError(
+            f"cannot read checkpoint {path}: {(detail.group(1).strip() if detail else msg)[:300]}. Is it "
+            "truncated, or not a checkpoint written by `segbench train`?"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise SegbenchError(
             f"{path} is not a segbench checkpoint (no 'state_dict'); for plain weights use model.weights="
@@ -190,4 +226,4 @@ class MaskRCNNSegmenter:
                 f"{path}: weights do not fit the recorded architecture {net_kwargs.get('backbone')} "
                 f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
             )
-        return cls(model, **kwargs), meta
+        return cls(fix_roi_pool_scales(model.eval()), **kwargs), meta

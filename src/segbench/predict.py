@@ -1,0 +1,468 @@
+"""Run a trained model, an exported model or a classical baseline on a folder of images.
+
+``segbench predict ckpt_path=FILE input=PATH output=DIR`` writes into ``output``:
+
+* ``predictions.json`` — COCO results (``image_id``, ``category_id`` with the training dataset's original
+  category ids, ``bbox`` xywh, ``score``, ``segmentation`` as compressed RLE);
+* ``images.json`` — ``{file name: {"id", "height", "width"}}`` for the images that were processed;
+* ``categories.json`` — the COCO ``categories`` (ids and names) the results refer to;
+* ``summary.json`` — counts, the skipped files and why;
+* ``overlays/<name>.png`` — the image with coloured masks, outlines and ``class score`` labels;
+* ``masks/<name>_<k>.png`` — one 0/255 PNG per instance (``save_masks=true``), ``k`` in score order.
+
+The source is one of: a segbench checkpoint (``ckpt_path``), a TorchScript / ONNX export
+(``exported``, with the ``model.json`` written beside it), or a baseline (``method=NAME`` and/or
+``baseline_params=FILE``, a fitted baseline saved by ``segbench compare``). A file that cannot be read is
+logged (name and reason) and skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segbench.types import Instances, SegbenchError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Predictor",
+    "collect_images",
+    "draw_overlay",
+    "load_predictor",
+    "predict_command",
+    "predict_images",
+]
+
+#: Distinct colours for instances (RGB), cycled.
+PALETTE = np.array(
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+        (170, 255, 195),
+        (128, 128, 0),
+        (255, 215, 180),
+        (0, 0, 128),
+        (128, 128, 128),
+    ],
+    dtype=np.float32,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input files
+# --------------------------------------------------------------------------------------------------
+def collect_images(source: str | os.PathLike) -> tuple[list[Path], Path]:
+    """The image files named by ``source`` and the folder their names are relative to.
+
+    ``source`` is an image file, a folder (its image files, not recursive) or a glob pattern
+    (``"data/*.jpg"``, ``"scans/**/*.png"``). Files are sorted by name; in a folder, only files with
+    an image extension (``.png``, ``.jpg``, ``.tif``...) count.
+    """
+    from segbench.data.coco import IMAGE_EXTENSIONS
+
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return [path], path.parent
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise SegbenchError(
+                f"no image files in {path} (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+                "pass an image file, a folder of images or a glob like 'dir/*.png' as input="
+            )
+        return files, path
+    if glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+        files = [p for p in files if p.is_file()]
+        if not files:
+            raise SegbenchError(f"input={text} matches no file")
+        root = Path(os.path.commonpath([str(p.parent.resolve()) for p in files]))
+        return files, root
+    raise SegbenchError(f"input={text} does not exist (expected an image file, a folder or a glob pattern)")
+
+
+def _relative_name(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _output_stems(names: Sequence[str]) -> list[str]:
+    """A unique, flat file stem per image name (``a/b.png`` -> ``a__b``; ``x.png`` + ``x.jpg`` -> ``x_png``...)."""
+    plain = [str(Path(n).with_suffix("")).replace("/", "__") for n in names]
+    counts: dict[str, int] = {}
+    for s in plain:
+        counts[s] = counts.get(s, 0) + 1
+    return [
+        n.replace("/", "__").replace(".", "_") if counts[s] > 1 else s
+        for n, s in zip(names, plain, strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Predictor:
+    """A segmenter with what is needed to write its results.
+
+    Attributes
+    ----------
+    segment : callable
+        ``list of (H, W, 3) uint8 images -> list of Instances`` (labels ``1..K``, scores, masks).
+    categories : list of dict
+        COCO categories (``id``, ``name``) of the results.
+    label_to_cat_id : dict
+        Label ``1..K`` -> category id.
+    source : str
+        What runs, for the logs and ``summary.json``.
+    """
+
+    segment: Callable[[list[np.ndarray]], list[Instances]]
+    categories: list[dict]
+    label_to_cat_id: dict[int, int]
+    source: str
+    info: dict = field(default_factory=dict)
+
+    def label_names(self) -> dict[int, str]:
+        by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in self.categories}
+        return {lbl: by_id.get(cat, str(cat)) for lbl, cat in self.label_to_cat_id.items()}
+
+
+def _categories_from(meta: dict) -> tuple[list[dict], dict[int, int]]:
+    names = list(meta.get("class_names") or [])
+    cats = [dict(c) for c in meta.get("categories") or []] or [
+        {"id": i + 1, "name": n} for i, n in enumerate(names)
+    ]
+    l2c = {int(k): int(v) for k, v in (meta.get("label_to_cat_id") or {}).items()}
+    if not l2c:
+        l2c = {i + 1: int(c["id"]) for i, c in enumerate(cats)}
+    return cats, l2c
+
+
+def _exported_segmenter(runtime, mask_threshold: float) -> Callable[[list[np.ndarray]], list[Instances]]:
+    import torch
+
+    from segbench.models.segmenter import image_to_tensor, output_to_instances
+
+    def segment(images: list[np.ndarray]) -> list[Instances]:
+        outputs = runtime.run_batch([image_to_tensor(im) for im in images])
+        return [
+            output_to_instances(
+                {k: torch.from_numpy(np.asarray(v)) for k, v in o.items()},
+                im.shape[:2],
+                mask_threshold=mask_threshold,
+            )
+            for im, o in zip(images, outputs, strict=True)
+        ]
+
+    return segment
+
+
+def load_predictor(
+    *,
+    ckpt_path: str | os.PathLike | None = None,
+    exported: str | os.PathLike | None = None,
+    method: str | None = None,
+    baseline_params: str | os.PathLike | None = None,
+    mask_threshold: float | None = None,
+    device: str = "cpu",
+) -> Predictor:
+    """Open exactly one source: a checkpoint, an exported model, or a baseline.
+
+    Parameters
+    ----------
+    ckpt_path
+        A checkpoint written by ``segbench train``.
+    exported
+        A TorchScript (``.pt``/``.ts``) or ONNX (``.onnx``) file written by ``segbench export``.
+    method, baseline_params
+        A baseline name (``sobel``, ``kmeans``...) and/or the JSON of a fitted baseline. Without
+        ``baseline_params`` the baseline runs unfitted (its documented per-image heuristics).
+    mask_threshold
+        Mask probability threshold; ``None``: the one the model was trained with.
+    device
+        ``cpu`` or ``cuda`` (models only).
+    """
+    given = [n for n, v in (("ckpt_path", ckpt_path), ("exported", exported)) if v]
+    if method or baseline_params:
+        given.append("method/baseline_params")
+    if len(given) != 1:
+        raise SegbenchError(
+            "pass exactly one source: ckpt_path=FILE (a checkpoint), exported=FILE (a .onnx / TorchScript export) "
+            f"or method=NAME [baseline_params=FILE] (a baseline); got {', '.join(given) or 'none'}"
+        )
+    if ckpt_path:
+        from segbench.models.segmenter import MaskRCNNSegmenter, fix_roi_pool_scales
+
+        seg, meta = MaskRCNNSegmenter.from_checkpoint(ckpt_path, score_threshold=0.0, device=device)
+        fix_roi_pool_scales(seg.model)  # as in the exports, whatever size the first image has
+        seg.mask_threshold = _mask_threshold(meta, mask_threshold)
+        cats, l2c = _categories_from(meta)
+        return Predictor(seg.predict_batch, cats, l2c, f"checkpoint {ckpt_path}")
+    if exported:
+        from segbench.export import load_exported_model
+
+        runtime, card = load_exported_model(exported, device=device)
+        cats, l2c = _categories_from(card)
+        thr = _mask_threshold(card, mask_threshold)
+        return Predictor(_exported_segmenter(runtime, thr), cats, l2c, f"{runtime.name} export {exported}")
+    from segbench.baselines import build_baseline, load_baseline
+
+    if baseline_params:
+        try:
+            seg = load_baseline(baseline_params)
+        except (OSError, ValueError) as e:
+            raise SegbenchError(f"cannot load baseline_params={baseline_params}: {e}") from None
+        if method and method != seg.name:
+            raise SegbenchError(
+                f"baseline_params={baseline_params} holds a fitted {seg.name!r} baseline, not method={method!r}; "
+                f"drop method= or pass method={seg.name}"
+            )
+    else:
+        try:
+            seg = build_baseline(method)
+        except ValueError as e:
+            raise SegbenchError(str(e)) from None
+        log.warning(
+            "baseline %s runs unfitted (per-image heuristics); pass baseline_params=FILE with the fitted "
+            "baseline that `segbench compare` saved for results like those in its report",
+            method,
+        )
+
+    def segment(images: list[np.ndarray]) -> list[Instances]:
+        return [seg(im) for im in images]
+
+    cats = [{"id": 1, "name": "object"}]
+    return Predictor(segment, cats, {1: 1}, f"baseline {seg.name}" + (" (fitted)" if seg.is_fitted else ""))
+
+
+def _mask_threshold(card: dict, override: float | None) -> float:
+    if override is not None:
+        return float(override)
+    return float(card.get("mask_threshold", 0.5))
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------------
+def draw_overlay(
+    image: np.ndarray, inst: Instances, names: dict[int, str] | None = None, *, alpha: float = 0.45
+) -> np.ndarray:
+    """The image with each instance's mask tinted, its outline drawn and a ``name score`` label.
+
+    Parameters
+    ----------
+    image : uint8 (H, W, 3)
+    inst : Instances with masks (and scores)
+    names : label -> class name (default: the label number)
+
+    Returns
+    -------
+    uint8 (H, W, 3)
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    from scipy.ndimage import binary_erosion
+
+    out = image.astype(np.float32)
+    n = len(inst)
+    if n:
+        masks = inst.get_masks()
+        order = np.argsort(inst.scores) if inst.scores is not None else np.arange(n)
+        for k in order:  # lowest score first: the best instances are drawn on top
+            m = masks[k]
+            if not m.any():
+                continue
+            colour = PALETTE[k % len(PALETTE)]
+            out[m] = out[m] * (1 - alpha) + colour * alpha
+            edge = m & ~binary_erosion(m)
+            out[edge] = colour
+    pil = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    font = ImageFont.load_default()
+    h, w = image.shape[:2]
+    for k in range(n):
+        lbl = int(inst.labels[k])
+        text = (names or {}).get(lbl, str(lbl))
+        if inst.scores is not None:
+            text += f" {float(inst.scores[k]):.2f}"
+        x1, y1 = float(inst.boxes[k, 0]), float(inst.boxes[k, 1])
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        x = int(min(max(x1, 0), max(w - tw - 2, 0)))
+        y = int(y1 - th - 3 if y1 - th - 3 >= 0 else min(max(y1, 0), max(h - th - 3, 0)))
+        colour = tuple(int(c) for c in PALETTE[k % len(PALETTE)])
+        draw.rectangle((x, y, x + tw + 2, y + th + 2), fill=colour)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        draw.text(
+            (x + 1 - left, y + 1 - top),
+            text,
+            fill=(0, 0, 0) if luminance > 140 else (255, 255, 255),
+            font=font,
+        )
+    return np.asarray(pil)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+def predict_images(
+    predictor: Predictor,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    score_threshold: float = 0.5,
+    batch_size: int = 4,
+    save_overlays: bool = True,
+    save_masks: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Predict every image of ``source`` (file, folder or glob) and write the results to ``output``.
+
+    Unreadable files are logged with the reason and skipped. Detections scoring below
+    ``score_threshold`` are dropped (from every file written).
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``: ``processed``, ``skipped`` (``[{"file", "reason"}]``),
+        ``detections`` and the paths written.
+
+    Raises
+    ------
+    SegbenchError
+        No image could be read (or ``source`` names none).
+    """
+    from PIL import Image
+    from tqdm import tqdm
+
+    from segbench.data.coco import read_image
+    from segbench.eval.metrics import instances_to_results
+    from segbench.eval.runner import write_json
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SegbenchError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not 0.0 <= float(score_threshold) <= 1.0:
+        raise SegbenchError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+    files, root = collect_images(source)
+    names = [_relative_name(p, root) for p in files]
+    stems = _output_stems(names)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    if save_overlays:
+        (out / "overlays").mkdir(exist_ok=True)
+    if save_masks:
+        (out / "masks").mkdir(exist_ok=True)
+    label_names = predictor.label_names()
+    log.info("predicting %d image(s) from %s with %s", len(files), source, predictor.source)
+
+    results: list[dict] = []
+    images_index: dict[str, dict] = {}
+    skipped: list[dict] = []
+    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for i in range(start, min(start + batch_size, len(files))):
+            try:
+                batch.append((i, read_image(files[i])))
+            except SegbenchError as e:
+                reason = str(e).split(". The file is")[0]
+                log.warning("skipped %s: %s", names[i], reason)
+                skipped.append({"file": names[i], "reason": reason})
+        preds = predictor.segment([im for _, im in batch]) if batch else []
+        for (i, image), inst in zip(batch, preds, strict=True):
+            if inst.scores is not None and len(inst):
+                inst = inst.select(inst.scores >= score_threshold)
+            image_id = len(images_index) + 1
+            h, w = image.shape[:2]
+            images_index[names[i]] = {"id": image_id, "height": h, "width": w}
+            results.extend(instances_to_results(inst, image_id, predictor.label_to_cat_id))
+            if save_overlays:
+                Image.fromarray(draw_overlay(image, inst, label_names)).save(
+                    out / "overlays" / f"{stems[i]}.png"
+                )
+            if save_masks and len(inst):
+                for k, m in enumerate(inst.get_masks()):
+                    Image.fromarray(m.astype(np.uint8) * 255).save(out / "masks" / f"{stems[i]}_{k}.png")
+        bar.update(min(batch_size, len(files) - start))
+    bar.close()
+
+    summary = {
+        "source": predictor.source,
+        "input": os.fspath(source),
+        "processed": len(images_index),
+        "skipped": skipped,
+        "detections": len(results),
+        "score_threshold": float(score_threshold),
+        "predictions": str(out / "predictions.json"),
+    }
+    if not images_index:
+        write_json(out / "summary.json", summary)
+        raise SegbenchError(
+            f"none of the {len(files)} image(s) could be read: "
+            + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
+        )
+    write_json(out / "predictions.json", results)
+    write_json(out / "images.json", images_index)
+    write_json(out / "categories.json", predictor.categories)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def predict_command(cfg) -> int:
+    """Predict images (a file, a folder or a glob) with a checkpoint, an export or a baseline.
+
+    Keys: input, output, ckpt_path | exported (a .onnx / TorchScript file from `segbench export`) |
+    method + baseline_params (a baseline), score_threshold (0.5), mask_threshold (null: the model's),
+    batch_size, save_overlays, save_masks, device, progress.
+    Writes predictions.json (COCO results), images.json, categories.json, summary.json, overlays/, masks/.
+    """
+    predictor = load_predictor(
+        ckpt_path=cfg.get("ckpt_path"),
+        exported=cfg.get("exported"),
+        method=cfg.get("method"),
+        baseline_params=cfg.get("baseline_params"),
+        mask_threshold=cfg.get("mask_threshold"),
+        device=cfg.get("device", "cpu"),
+    )
+    s = predict_images(
+        predictor,
+        cfg.input,
+        cfg.output,
+        score_threshold=float(cfg.score_threshold),
+        batch_size=int(cfg.batch_size),
+        save_overlays=bool(cfg.save_overlays),
+        save_masks=bool(cfg.save_masks),
+        progress=bool(cfg.get("progress", True)),
+    )
+    skipped = s["skipped"]
+    line = f"processed {s['processed']} image(s), skipped {len(skipped)}"
+    if skipped:
+        line += (
+            " (" + ", ".join(x["file"] for x in skipped[:10]) + (", ..." if len(skipped) > 10 else "") + ")"
+        )
+    print(f"{line}; {s['detections']} detection(s) with score >= {s['score_threshold']}")
+    print(f"wrote {Path(cfg.output) / 'predictions.json'} (+ images.json, categories.json, overlays/)")
+    return 0
