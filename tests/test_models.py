@@ -354,7 +354,7 @@ def test_offline_download_says_to_pass_a_local_file(backbone: str, weights: str,
     with pytest.raises(SegbenchError, match="Could not download") as err:
         build_maskrcnn(num_classes=2, backbone=backbone, weights=weights, **TINY)
     message = str(err.value)
-    assert "model.weights=/path/" in message and filename in message
+    assert "model.net.weights=/path/" in message and filename in message
 
 
 def test_coco_only_for_resnet50_backbones() -> None:

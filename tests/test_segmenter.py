@@ -27,7 +27,9 @@ def test_paste_equals_torchvision():
 
 def test_predict_instances_equals_model_forward():
     torch.manual_seed(0)
-    model = build_maskrcnn(num_classes=2, backbone="resnet18_fpn", min_size=64, max_size=96, box_score_thresh=0.0)
+    model = build_maskrcnn(
+        num_classes=2, backbone="resnet18_fpn", min_size=64, max_size=96, box_score_thresh=0.0
+    )
     model.eval()
     images = [torch.rand(3, 70, 90), torch.rand(3, 50, 64)]
     with torch.inference_mode():

@@ -28,6 +28,14 @@ def open_data_split(data: DictConfig, split: str):
     return open_split(data.get("root"), split, ann_file=ann, image_root=data.get("image_root"))
 
 
+def _no_split_found(root, splits: list[str]) -> SegbenchError:
+    return SegbenchError(
+        f"no split of {splits} found under data.root={root}: expected "
+        f"{Path(str(root)) / 'annotations' / 'instances_<split>.json'} (e.g. instances_{splits[0]}.json); "
+        "name the JSON files that way or pass data.<split>_ann=FILE"
+    )
+
+
 def data_synth(cfg: DictConfig) -> int:
     """Write the embedded synthetic COCO dataset (train and val) to ``out``.
 
@@ -67,7 +75,7 @@ def data_stats(cfg: DictConfig) -> int:
         found[split] = s = dataset_stats(ds)
         print(format_stats(split, s))
     if not found:
-        raise SegbenchError(f"no split of {_splits(cfg)} found under data.root={cfg.data.get('root')}")
+        raise _no_split_found(cfg.data.get("root"), _splits(cfg))
     if cfg.get("out"):
         print(f"wrote {write_json(cfg.out, found)}")
     return 0
@@ -139,7 +147,7 @@ def data_check(cfg: DictConfig) -> int:
         warnings += report.warnings
         found[split] = entry
     if not found:
-        raise SegbenchError(f"no split of {splits} found under data.root={cfg.data.get('root')}")
+        raise _no_split_found(cfg.data.get("root"), splits)
     if cfg.get("out"):
         print(f"wrote {write_json(cfg.out, found)}")
     verdict = "errors remain" if errors else "no errors"

@@ -523,8 +523,11 @@ def open_split(
     *,
     ann_file: str | os.PathLike | None = None,
     image_root: str | os.PathLike | None = None,
+    check_files: bool = False,
 ) -> CocoDataset:
-    """Open one split of a dataset: ``root`` in the standard layout, or an explicit JSON + image folder."""
+    """Open one split of a dataset: ``root`` in the standard layout, or an explicit JSON + image folder.
+
+    ``check_files``: refuse the split at once when an image file is missing (see :class:`CocoDataset`)."""
     if ann_file is None:
         if root is None:
             raise SegbenchError(
@@ -544,4 +547,4 @@ def open_split(
                 + ". Name the JSON instances_<split>.json or pass it with data.<split>_ann=FILE."
             )
         image_root = image_root or default_images
-    return CocoDataset(ann_file, image_root)
+    return CocoDataset(ann_file, image_root, check_files=check_files)

@@ -233,7 +233,8 @@ class CocoDataModule(pl.LightningDataModule):
 
     # -- datasets ---------------------------------------------------------------------------------
     def _open(self, split: str, ann: str | None) -> CocoDataset:
-        ds = open_split(self.root, split, ann_file=ann, image_root=self.image_root)
+        # missing image files stop the run here, before a model is built (a stat per image)
+        ds = open_split(self.root, split, ann_file=ann, image_root=self.image_root, check_files=True)
         return ds
 
     def prepare_data(self) -> None:  # nothing to download

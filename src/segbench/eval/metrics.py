@@ -144,32 +144,9 @@ def coco_evaluate(
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    results = list(results)
-    per_image: dict[int, int] = {}
-    for r in results:
-        per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
-    most = max(per_image.values(), default=0)
-    cap = max(100, most) if max_dets is None else int(max_dets)
-    if cap < 1:
-        raise ValueError(f"max_dets must be a positive integer or None, got {max_dets!r}")
-    truncated = sum(1 for n in per_image.values() if n > cap)
-    if truncated:
-        log.warning(
-            "%d image(s) have more than max_dets=%d detections; only the %d best of each are scored "
-            "(raise max_dets to score them all)",
-            truncated,
-            cap,
-            cap,
-        )
-    cg = _make_coco(gt, backend)
-    cd = _load_results(cg, results, backend)
-    E = _make_eval(cg, cd, iou_type, backend)
-    E.params.maxDets = sorted({1, 10, cap}) if cap >= 10 else [cap]
-    if class_agnostic:
-        E.params.useCats = 0
-    with contextlib.redirect_stdout(io.StringIO()):
-        E.evaluate()
-        E.accumulate()
+    E, cap, truncated = _accumulated_eval(
+        gt, results, iou_type=iou_type, max_dets=max_dets, class_agnostic=class_agnostic, backend=backend
+    )
     names = {c["id"]: c.get("name", str(c["id"])) for c in gt.get("categories", [])}
     stats = _read_stats(E, iou_type, None if class_agnostic else names)
     stats["max_dets"] = cap
@@ -594,16 +571,26 @@ def _accumulated_eval(
     class_agnostic: bool,
     backend: str,
 ):
-    """An evaluated and accumulated COCO evaluator (same set-up as :func:`coco_evaluate`)."""
+    """An evaluated and accumulated COCO evaluator, with the detections cap it used and the number of
+    images that cap truncated (logged)."""
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     results = list(results)
     per_image: dict[int, int] = {}
     for r in results:
         per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
-    cap = max(100, max(per_image.values(), default=0)) if max_dets is None else int(max_dets)
-    if cap < 1:
+    cap = max(100, max(per_image.values(), default=0)) if max_dets is None else max_dets
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
         raise ValueError(f"max_dets must be a positive integer or None, got {max_dets!r}")
+    truncated = sum(1 for n in per_image.values() if n > cap)
+    if truncated:
+        log.warning(
+            "%d image(s) have more than max_dets=%d detections; only the %d best of each are scored "
+            "(raise max_dets to score them all)",
+            truncated,
+            cap,
+            cap,
+        )
     cg = _make_coco(gt, backend)
     cd = _load_results(cg, results, backend)
     E = _make_eval(cg, cd, iou_type, backend)
@@ -613,7 +600,7 @@ def _accumulated_eval(
     with contextlib.redirect_stdout(io.StringIO()):
         E.evaluate()
         E.accumulate()
-    return E
+    return E, cap, truncated
 
 
 def pr_curve(
@@ -655,7 +642,7 @@ def pr_curve(
     >>> float(p.min()), len(r)
     (1.0, 101)
     """
-    E = _accumulated_eval(
+    E, _, _ = _accumulated_eval(
         gt, results, iou_type=iou_type, max_dets=max_dets, class_agnostic=class_agnostic, backend=backend
     )
     p = E.params

@@ -155,9 +155,11 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise SegbenchError(f"Weights file not found: {path}. Check the path given as model.weights=...")
+        raise SegbenchError(f"Weights file not found: {path}. Check the path given as model.net.weights=...")
     if not path.is_file():
-        raise SegbenchError(f"Weights path {path} is not a file. Pass a .pth/.ckpt file as model.weights=...")
+        raise SegbenchError(
+            f"Weights path {path} is not a file. Pass a .pth/.ckpt file as model.net.weights=..."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -176,7 +178,7 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             reason = (
                 "it is not a plain file of tensors"
                 + (f" ({detail.group(1).strip()})" if detail else "")
-                + ", and loading it with the full pickle loader could execute code stored in it"
+                + "; is it truncated, or not a .pth/.ckpt file?"
             )
         raise SegbenchError(
             f"Refused to load weights file {path}: {reason}. segbench only loads files that "
@@ -450,7 +452,9 @@ def _resolve_weights(weights: str | os.PathLike[str] | None) -> str | Path | Non
     if weights is None:
         return None
     if not isinstance(weights, (str, os.PathLike)):
-        raise SegbenchError(f"model.weights must be null, 'coco', 'imagenet' or a file path, got {weights!r}")
+        raise SegbenchError(
+            f"model.net.weights must be null, 'coco', 'imagenet' or a file path, got {weights!r}"
+        )
     text = os.fspath(weights)
     if isinstance(weights, str) and text.strip().lower() in PRETRAINED_WEIGHTS:
         return text.strip().lower()
@@ -467,7 +471,7 @@ def _resolve_weights(weights: str | os.PathLike[str] | None) -> str | Path | Non
     if looks_like_path:
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise SegbenchError(
-            f"Weights file {path} {what}. Pass an existing .pth/.ckpt file as model.weights=..."
+            f"Weights file {path} {what}. Pass an existing .pth/.ckpt file as model.net.weights=..."
         )
     raise SegbenchError(
         f"Unknown weights {weights!r}. Valid choices: null (train from scratch), "
@@ -571,7 +575,7 @@ def _download_errors(what: str, weights_enum: WeightsEnum) -> Iterator[None]:
         raise SegbenchError(
             f"Could not download the {what} weights ({weights_enum}) from {url}: {exc}. "
             f"Without network access, download that file on another machine, copy it here and pass its "
-            f"local path as model.weights=/path/{filename} (or place it at {cache}, where torch.hub looks "
+            f"local path as model.net.weights=/path/{filename} (or place it at {cache}, where torch.hub looks "
             f"before downloading)."
         ) from exc
 

@@ -162,12 +162,12 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise SegbenchError(
-            f"{path} is not a segbench checkpoint (no 'state_dict'); for plain weights use model.weights="
+            f"{path} is not a segbench checkpoint (no 'state_dict'); for plain weights use model.net.weights="
         )
     if "segbench" not in ckpt:
         raise SegbenchError(
             f"{path} has no segbench metadata (architecture, classes); it was not written by `segbench train`. "
-            "Pass it as model.weights=FILE to fine-tune from it instead."
+            "Pass it as model.net.weights=FILE to fine-tune from it instead."
         )
     return ckpt
 
