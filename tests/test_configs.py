@@ -6,12 +6,13 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from segbench.cli import COMMANDS, compose, config_dir
 
-GROUPS = ["data", "model", "trainer", "callbacks", "logger", "experiment", "debug"]
+GROUPS = ["data", "model", "model/optimizer", "trainer", "callbacks", "logger", "experiment", "debug"]
 
 
 def options(group: str) -> list[str]:
@@ -38,6 +39,7 @@ def test_train_option_composes_and_instantiates(group, option, tmp_path):
         _convert_="all",
     )
     assert module.model.roi_heads.box_predictor.cls_score.out_features == 3
+    assert isinstance(module.optimizer_factory(list(module.model.parameters())[:2]), torch.optim.Optimizer)
     dm = instantiate(cfg.data, _convert_="all")
     assert dm.batch_size >= 1
     if cfg.data.train_transforms:

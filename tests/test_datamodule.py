@@ -1,0 +1,75 @@
+"""Training items: augmentations keep masks, boxes and labels in sync; crowd regions are never targets."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import torch
+
+from segbench.data.coco import CocoDataset
+from segbench.data.datamodule import CocoDataModule, TrainDataset, collate
+from segbench.types import masks_to_boxes, masks_to_rles
+from tests.conftest import write_coco
+
+
+def _dataset(tmp_path):
+    h, w = 40, 60
+    masks = np.zeros((4, h, w), bool)
+    masks[0, 2:10, 2:12] = True  # top-left: cropped away by the crop below
+    masks[1, 20:30, 30:45] = True
+    masks[2, 25:38, 45:58] = True
+    masks[3, 0:40, 0:60] = True  # crowd
+    rles = masks_to_rles(masks)
+    anns = [
+        {"id": k + 1, "image_id": 1, "category_id": [5, 9, 5, 9][k], "segmentation": rles[k], "iscrowd": int(k == 3)}
+        for k in range(4)
+    ]
+    p = write_coco(tmp_path, [("a.png", np.full((h, w, 3), 90, np.uint8))], anns, [{"id": 5, "name": "x"}, {"id": 9, "name": "y"}])
+    return CocoDataset(p), masks
+
+
+def test_crop_drops_instances_and_keeps_boxes_labels_in_sync(tmp_path):
+    ds, masks = _dataset(tmp_path)
+    crop = A.Compose([A.Crop(x_min=20, y_min=15, x_max=60, y_max=40), A.HorizontalFlip(p=1.0)])
+    img, t = TrainDataset(ds, crop)[0]
+    assert img.shape == (3, 25, 40) and img.dtype == torch.float32 and float(img.max()) <= 1
+    # instance 0 is cropped away, the crowd region is never a target
+    assert t["labels"].tolist() == [2, 1]
+    expected = masks[[1, 2], 15:40, 20:60][:, :, ::-1]
+    assert (t["masks"].numpy().astype(bool) == expected).all()
+    assert torch.equal(t["boxes"], torch.from_numpy(masks_to_boxes(expected)))
+    assert t["masks"].dtype == torch.uint8 and t["boxes"].dtype == torch.float32
+
+
+def test_random_augmentation_is_consistent_and_seeded(tmp_path):
+    ds, _ = _dataset(tmp_path)
+    tf = A.Compose([A.Affine(scale=(0.5, 1.5), translate_percent=(-0.3, 0.3), p=1.0), A.ColorJitter(p=1.0)])
+    item = TrainDataset(ds, tf)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        _, t = item[0]
+        m = t["masks"].numpy().astype(bool)
+        assert len(m) == len(t["boxes"]) == len(t["labels"])
+        assert (m.reshape(len(m), -1).sum(1) >= item.min_area).all()
+        assert torch.equal(t["boxes"], torch.from_numpy(masks_to_boxes(m)))
+        torch.manual_seed(seed)
+        _, again = item[0]
+        assert torch.equal(again["masks"], t["masks"])
+
+
+def test_max_crop_decodes_within_the_window(tmp_path):
+    ds, masks = _dataset(tmp_path)
+    torch.manual_seed(0)
+    img, t = TrainDataset(ds, None, max_crop=24)[0]
+    assert img.shape[1:] == (24, 24)
+    assert t["masks"].shape[1:] == (24, 24)
+
+
+def test_datamodule_loaders(synth_root):
+    dm = CocoDataModule(root=str(synth_root), batch_size=3, val_batch_size=2, num_workers=0)
+    images, targets = next(iter(dm.train_dataloader()))
+    assert len(images) == len(targets) == 3
+    images, metas = next(iter(dm.val_dataloader()))
+    assert len(images) == 2 and metas[0]["gt"].image_size == tuple(images[0].shape[1:])
+    assert dm.num_classes == 3 and dm.class_names == ["circle", "square", "triangle"]
+    assert collate([(1, "a"), (2, "b")]) == ((1, 2), ("a", "b"))
