@@ -238,3 +238,12 @@ def test_matching_ignores_predictions_on_crowd_and_empty_cases():
     assert s["f1"] == 1.0 and s["fg_iou"] == 1.0
     s = matching_scores([Instances.from_masks(_masks((0, 0, 4, 4)))], [empty])
     assert s["recall"] == 0.0 and s["f1"] == 0.0 and s["fg_iou"] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_inputs_are_not_modified(backend):
+    gt, results = make_fixture(seed=2)
+    before = json.dumps([gt, results], sort_keys=True)
+    for t in ("segm", "bbox"):
+        coco_evaluate(gt, results, iou_type=t, backend=backend)
+    assert json.dumps([gt, results], sort_keys=True) == before

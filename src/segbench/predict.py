@@ -40,33 +40,6 @@ __all__ = [
     "predict_images",
 ]
 
-#: Distinct colours for instances (RGB), cycled.
-PALETTE = np.array(
-    [
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-        (0, 128, 128),
-        (220, 190, 255),
-        (170, 110, 40),
-        (255, 250, 200),
-        (128, 0, 0),
-        (170, 255, 195),
-        (128, 128, 0),
-        (255, 215, 180),
-        (0, 0, 128),
-        (128, 128, 128),
-    ],
-    dtype=np.float32,
-)
-
 
 # --------------------------------------------------------------------------------------------------
 # Input files
@@ -271,7 +244,8 @@ def _mask_threshold(card: dict, override: float | None) -> float:
 def draw_overlay(
     image: np.ndarray, inst: Instances, names: dict[int, str] | None = None, *, alpha: float = 0.45
 ) -> np.ndarray:
-    """The image with each instance's mask tinted, its outline drawn and a ``name score`` label.
+    """The image with each instance's mask tinted and outlined (:func:`segbench.report.plots.draw_instances`)
+    and a ``name score`` label in the instance's colour at its box.
 
     Parameters
     ----------
@@ -284,22 +258,14 @@ def draw_overlay(
     uint8 (H, W, 3)
     """
     from PIL import Image, ImageDraw, ImageFont
-    from scipy.ndimage import binary_erosion
 
-    out = image.astype(np.float32)
+    from segbench.report.plots import draw_instances, instance_colours
+
     n = len(inst)
-    if n:
-        masks = inst.get_masks()
-        order = np.argsort(inst.scores) if inst.scores is not None else np.arange(n)
-        for k in order:  # lowest score first: the best instances are drawn on top
-            m = masks[k]
-            if not m.any():
-                continue
-            colour = PALETTE[k % len(PALETTE)]
-            out[m] = out[m] * (1 - alpha) + colour * alpha
-            edge = m & ~binary_erosion(m)
-            out[edge] = colour
-    pil = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    pil = Image.fromarray(draw_instances(image, inst, alpha=alpha))
+    if n == 0:
+        return np.asarray(pil)
+    colours = np.rint(instance_colours(n) * 255).astype(int)
     draw = ImageDraw.Draw(pil)
     font = ImageFont.load_default()
     h, w = image.shape[:2]
@@ -313,7 +279,7 @@ def draw_overlay(
         tw, th = right - left, bottom - top
         x = int(min(max(x1, 0), max(w - tw - 2, 0)))
         y = int(y1 - th - 3 if y1 - th - 3 >= 0 else min(max(y1, 0), max(h - th - 3, 0)))
-        colour = tuple(int(c) for c in PALETTE[k % len(PALETTE)])
+        colour = tuple(int(c) for c in colours[k])
         draw.rectangle((x, y, x + tw + 2, y + th + 2), fill=colour)
         luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
         draw.text(

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import math
@@ -35,16 +34,30 @@ BACKENDS = ("faster_coco_eval", "pycocotools")
 # --------------------------------------------------------------------------------------------------
 # COCO AP
 # --------------------------------------------------------------------------------------------------
+def _copy_dataset(dataset: dict) -> dict:
+    """A copy that the COCO APIs may annotate freely.
+
+    They add or replace keys of each image, annotation and result dict (``ignore``, ``area``, ``id``,
+    ``segmentation`` converted to RLE) but never change the values inside, so copying each dict is enough —
+    and much cheaper than a deep copy of thousands of RLE masks.
+    """
+    out = dict(dataset)
+    for key in ("images", "annotations", "categories"):
+        if key in out:
+            out[key] = [dict(x) for x in out[key]]
+    return out
+
+
 def _make_coco(dataset: dict, backend: str):
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO
 
-        return COCO(copy.deepcopy(dataset))
+        return COCO(_copy_dataset(dataset))
     if backend == "pycocotools":
         from pycocotools.coco import COCO
 
         coco = COCO()
-        coco.dataset = copy.deepcopy(dataset)
+        coco.dataset = _copy_dataset(dataset)
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
         return coco
@@ -69,7 +82,7 @@ def _load_results(gt, results: list[dict], backend: str):
             backend,
         )
     with contextlib.redirect_stdout(io.StringIO()):
-        return gt.loadRes(copy.deepcopy(results))
+        return gt.loadRes([dict(r) for r in results])
 
 
 def _mean_valid(a: np.ndarray) -> float | None:

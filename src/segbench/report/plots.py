@@ -40,8 +40,8 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def _colours(n: int) -> np.ndarray:
-    """``n`` distinct RGB colours in [0, 1] (tab10, then tab20 beyond ten)."""
+def instance_colours(n: int) -> np.ndarray:
+    """``n`` RGB colours in [0, 1], shape (n, 3): tab10, or tab20 cycled beyond ten."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
@@ -60,7 +60,7 @@ def plot_leaderboard(
     ax = fig.add_subplot()
     width = 0.8 / max(n_k, 1)
     x = np.arange(n_m)
-    for k, ((key, label), colour) in enumerate(zip(metrics, _colours(n_k), strict=True)):
+    for k, ((key, label), colour) in enumerate(zip(metrics, instance_colours(n_k), strict=True)):
         vals = np.asarray([np.nan if r.get(key) is None else float(r[key]) for r in rows])
         bars = ax.bar(x + (k - (n_k - 1) / 2) * width, np.nan_to_num(vals), width, label=label, color=colour)
         for b, v in zip(bars, vals, strict=True):
@@ -94,7 +94,7 @@ def plot_pr_curves(
     """
     fig = _figure(6.0, 4.5)
     ax = fig.add_subplot()
-    for (name, (r, p)), colour in zip(curves.items(), _colours(len(curves)), strict=False):
+    for (name, (r, p)), colour in zip(curves.items(), instance_colours(len(curves)), strict=False):
         value = None if ap is None else ap.get(name)
         label = name if value is None else f"{name} ({value:.3f})"
         if np.all(np.isnan(p)):
@@ -130,12 +130,12 @@ def draw_instances(image: np.ndarray, inst: Instances | None, *, alpha: float = 
         return image.copy()
     masks = inst.get_masks()
     order = np.arange(len(inst)) if inst.scores is None else np.argsort(inst.scores, kind="stable")
-    colours = _colours(min(len(inst), 20))
+    colours = instance_colours(len(inst))
     for i in order:
         m = masks[i]
         if not m.any():
             continue
-        c = colours[int(i) % len(colours)]
+        c = colours[int(i)]
         out[m] = (1 - alpha) * out[m] + alpha * c
         edge = find_boundaries(m, mode="inner")
         out[edge] = c
