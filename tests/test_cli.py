@@ -111,3 +111,15 @@ def test_score_refuses_results_of_another_dataset(capsys, tmp_path):
 def test_predict_model_names_an_export(capsys):
     code, out, _ = run(capsys, "predict", "model=exp/model.onnx", "input=a.png", "--cfg")
     assert code == 0 and "exported: exp/model.onnx" in out
+
+
+def test_run_folder_time_comes_from_the_launching_process(monkeypatch):
+    # DDP ranks re-run the command with the launcher's environment: all must name the same run folder
+    from omegaconf import OmegaConf
+
+    from segbench.cli import compose
+
+    monkeypatch.setenv("SEGBENCH_START_TIME", "2031-02-03T04:05:06.000007")
+    cfg = compose("train", [])
+    OmegaConf.resolve(cfg)
+    assert cfg.run_dir.endswith("train/default/2031-02-03_04-05-06")

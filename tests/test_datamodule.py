@@ -21,10 +21,21 @@ def _dataset(tmp_path):
     masks[3, 0:40, 0:60] = True  # crowd
     rles = masks_to_rles(masks)
     anns = [
-        {"id": k + 1, "image_id": 1, "category_id": [5, 9, 5, 9][k], "segmentation": rles[k], "iscrowd": int(k == 3)}
+        {
+            "id": k + 1,
+            "image_id": 1,
+            "category_id": [5, 9, 5, 9][k],
+            "segmentation": rles[k],
+            "iscrowd": int(k == 3),
+        }
         for k in range(4)
     ]
-    p = write_coco(tmp_path, [("a.png", np.full((h, w, 3), 90, np.uint8))], anns, [{"id": 5, "name": "x"}, {"id": 9, "name": "y"}])
+    p = write_coco(
+        tmp_path,
+        [("a.png", np.full((h, w, 3), 90, np.uint8))],
+        anns,
+        [{"id": 5, "name": "x"}, {"id": 9, "name": "y"}],
+    )
     return CocoDataset(p), masks
 
 

@@ -247,3 +247,14 @@ def test_inputs_are_not_modified(backend):
     for t in ("segm", "bbox"):
         coco_evaluate(gt, results, iou_type=t, backend=backend)
     assert json.dumps([gt, results], sort_keys=True) == before
+
+
+def test_areas_of_more_than_255_rle_masks():
+    masks = np.zeros((300, 10, 10), bool)
+    masks[:, 2:5, 2:6] = True
+    masks[7, 0, 0] = True
+    inst = Instances(
+        image_size=(10, 10), boxes=np.zeros((300, 4)), labels=np.ones(300), rles=masks_to_rles(masks)
+    )
+    a = inst.areas()
+    assert a.shape == (300,) and a[0] == 12 and a[7] == 13

@@ -64,18 +64,19 @@ def config_dir() -> Path:
     )
 
 
+def _now(fmt: str) -> str:
+    """``${now:FMT}``: the command's start time. main() sets ``SEGBENCH_START_TIME`` once per command in the
+    launching process; DDP re-runs the command line in each rank, which inherits it, so that all ranks
+    agree on the run folder."""
+    start = os.environ.get("SEGBENCH_START_TIME")
+    return (datetime.fromisoformat(start) if start else datetime.now()).strftime(fmt)
+
+
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("now"):
-        # One start time per command, shared with the processes it launches (DDP re-runs the command
-        # line in each rank: all ranks must agree on the run folder).
-        # main() sets SEGBENCH_START_TIME once per command in the launching process.
-        def now(fmt: str) -> str:
-            start = os.environ.get("SEGBENCH_START_TIME")
-            return (datetime.fromisoformat(start) if start else datetime.now()).strftime(fmt)
-
-        OmegaConf.register_new_resolver("now", now)
+    # replace=True: Hydra's initialisation installs its own per-process ``now``.
+    OmegaConf.register_new_resolver("now", _now, replace=True)
 
 
 def compose(config_name: str, overrides: list[str]):
@@ -86,9 +87,9 @@ def compose(config_name: str, overrides: list[str]):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    _register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            _register_resolvers()
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         msg = str(e).strip().splitlines()

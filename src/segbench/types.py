@@ -197,7 +197,11 @@ class Instances:
             return np.zeros(0)
         if self.masks is not None:
             return self.masks.reshape(len(self), -1).sum(axis=1).astype(np.float64)
-        return mask_utils.area(self.get_rles()).astype(np.float64)
+        rles = self.get_rles()
+        # pycocotools 2.0.11 sizes an internal uint8 array by the list length: > 255 masks overflow.
+        return np.concatenate(
+            [np.asarray(mask_utils.area(rles[i : i + 255]), np.float64) for i in range(0, len(rles), 255)]
+        )
 
     def select(self, keep: np.ndarray | Sequence[int] | Sequence[bool]) -> Instances:
         """A subset, by boolean mask or indices."""

@@ -352,7 +352,11 @@ class BaseSegmenter(ABC):
         except BaseException:
             self.fitted_ = previous
             raise
-        logger.info("%s fitted on %d images: %s", type(self).__name__, len(rgbs), fitted)
+        shown = {
+            k: (f"<{len(v)} values>" if isinstance(v, list | tuple) and len(v) > 6 else v)
+            for k, v in fitted.items()
+        }
+        logger.info("%s fitted on %d images: %s", type(self).__name__, len(rgbs), shown)
         return self
 
     def _fit_steps(
