@@ -23,10 +23,27 @@ log = logging.getLogger(__name__)
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint whose files are written to a temporary name and renamed into place.
+    """A ModelCheckpoint whose files are written to a temporary name and renamed into place, and whose
+    ``last.ckpt`` is written at every save point.
 
-    A process killed while saving leaves the previous checkpoint intact (a rename is atomic).
+    A process killed while saving leaves the previous checkpoint intact (a rename is atomic). Lightning
+    2.6 rewrites ``last.ckpt`` only when a top-k checkpoint was saved at that step, so a run whose metric
+    stopped improving would resume from an old state; here ``last.ckpt`` always follows the run.
     """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
