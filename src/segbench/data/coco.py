@@ -342,7 +342,8 @@ class CocoDataset:
             if im["id"] in seen:
                 raise SegbenchError(
                     f"{src}: duplicate image id {im['id']} (images[{k}], {im['file_name']!r}); image ids must be "
-                    "unique — `segbench data check fix=true` can renumber them"
+                    "unique: give each image its own id (`segbench data check` lists every duplicate; fix=true keeps one "
+                    "entry when they name the same file)"
                 )
             seen.add(im["id"])
             entry = {
