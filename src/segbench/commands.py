@@ -111,7 +111,8 @@ def data_check(cfg: DictConfig) -> int:
     <stem>.fixes.log beside each JSON, then check the fixed file), max_dets, read_images, max_examples,
     out (optional JSON file with every issue).
     """
-    from segbench.data.checks import check_dataset, fix_dataset, fixes_log_path, split_files
+    from segbench.data.checks import check_dataset, fix_dataset, fixes_log_path
+    from segbench.data.coco import resolve_split
     from segbench.eval.runner import write_json
 
     splits = _splits(cfg)
@@ -119,7 +120,7 @@ def data_check(cfg: DictConfig) -> int:
     errors = warnings = 0
     for split in splits:
         try:
-            ann, images = split_files(
+            ann, images = resolve_split(
                 cfg.data.get("root"),
                 split,
                 ann_file=cfg.data.get(f"{split}_ann"),

@@ -79,7 +79,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from segbench.data.coco import safe_join, split_paths
+from segbench.data.coco import default_image_root, safe_join
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
@@ -628,43 +628,6 @@ def _analyse_annotation(
 # --------------------------------------------------------------------------------------------------
 # The check
 # --------------------------------------------------------------------------------------------------
-def default_image_root(ann_file: str | os.PathLike) -> Path:
-    """The loader's default image folder: ``../images`` beside an ``annotations/`` folder, else the JSON's."""
-    parent = Path(ann_file).parent
-    return parent.parent / "images" if parent.name == "annotations" else parent
-
-
-def split_files(
-    root: str | os.PathLike | None,
-    split: str,
-    *,
-    ann_file: str | os.PathLike | None = None,
-    image_root: str | os.PathLike | None = None,
-) -> tuple[Path, Path]:
-    """``(annotation JSON, image folder)`` of one split, as :func:`~segbench.data.coco.open_split` finds them."""
-    if ann_file is not None:
-        ann = Path(ann_file)
-        if not ann.is_file():
-            raise SegbenchError(f"annotation file not found: {ann} (data.{split}_ann)")
-        return ann, Path(image_root) if image_root else default_image_root(ann)
-    if root is None:
-        raise SegbenchError("no dataset given: set data.root=DIR (or data.<split>_ann and data.image_root)")
-    if not Path(root).is_dir():
-        raise SegbenchError(
-            f"data.root={root} is not a folder. Point data.root at a folder holding images/ and "
-            "annotations/instances_<split>.json."
-        )
-    ann, images = split_paths(root, split)
-    if not ann.is_file():
-        have = sorted(p.name for p in (Path(root) / "annotations").glob("*.json"))
-        raise SegbenchError(
-            f"no annotations for split '{split}': {ann} does not exist"
-            + (f" (found: {', '.join(have)})" if have else "")
-            + ". Name the JSON instances_<split>.json or pass it with data.<split>_ann=FILE."
-        )
-    return ann, Path(image_root) if image_root else images
-
-
 def _read_raw(ann_file: Path) -> tuple[bytes, dict | None, str | None]:
     try:
         raw = ann_file.read_bytes()

@@ -289,10 +289,7 @@ class CocoDataset:
         check_files: bool = False,
     ) -> None:
         self.ann_file = Path(ann_file)
-        if image_root is None:
-            parent = self.ann_file.parent
-            image_root = parent.parent / "images" if parent.name == "annotations" else parent
-        self.image_root = Path(image_root)
+        self.image_root = Path(image_root) if image_root is not None else default_image_root(self.ann_file)
         data = _load_json(self.ann_file)
         self._index(data)
         if check_files:
@@ -518,6 +515,44 @@ def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
     return root / "annotations" / f"instances_{split}.json", root / "images"
 
 
+def default_image_root(ann_file: str | os.PathLike) -> Path:
+    """The image folder of a JSON: ``../images`` beside an ``annotations/`` folder, else the JSON's folder."""
+    parent = Path(ann_file).parent
+    return parent.parent / "images" if parent.name == "annotations" else parent
+
+
+def resolve_split(
+    root: str | os.PathLike | None,
+    split: str,
+    *,
+    ann_file: str | os.PathLike | None = None,
+    image_root: str | os.PathLike | None = None,
+) -> tuple[Path, Path]:
+    """``(annotation JSON, image folder)`` of one split — ``root`` in the standard layout, or an explicit
+    JSON (``data.<split>_ann``) and image folder — with a clear error when they are not there."""
+    if ann_file is not None:
+        ann = Path(ann_file)
+        if not ann.is_file():
+            raise SegbenchError(f"annotation file not found: {ann} (data.{split}_ann)")
+        return ann, Path(image_root) if image_root else default_image_root(ann)
+    if root is None:
+        raise SegbenchError("no dataset given: set data.root=DIR (or data.<split>_ann and data.image_root)")
+    if not Path(root).is_dir():
+        raise SegbenchError(
+            f"data.root={root} is not a folder. Point data.root at a folder holding images/ and "
+            "annotations/instances_<split>.json (e.g. `segbench data synth out=data/synth`)."
+        )
+    ann, images = split_paths(root, split)
+    if not ann.is_file():
+        have = sorted(p.name for p in (Path(root) / "annotations").glob("*.json"))
+        raise SegbenchError(
+            f"no annotations for split '{split}': {ann} does not exist"
+            + (f" (found: {', '.join(have)})" if have else "")
+            + ". Name the JSON instances_<split>.json or pass it with data.<split>_ann=FILE."
+        )
+    return ann, Path(image_root) if image_root else images
+
+
 def open_split(
     root: str | os.PathLike | None = None,
     split: str = "train",
@@ -526,26 +561,8 @@ def open_split(
     image_root: str | os.PathLike | None = None,
     check_files: bool = False,
 ) -> CocoDataset:
-    """Open one split of a dataset: ``root`` in the standard layout, or an explicit JSON + image folder.
+    """Open one split of a dataset (see :func:`resolve_split`).
 
     ``check_files``: refuse the split at once when an image file is missing (see :class:`CocoDataset`)."""
-    if ann_file is None:
-        if root is None:
-            raise SegbenchError(
-                "no dataset given: set data.root=DIR (or data.<split>_ann and data.image_root)"
-            )
-        ann_file, default_images = split_paths(root, split)
-        if not Path(root).is_dir():
-            raise SegbenchError(
-                f"data.root={root} is not a folder. Point data.root at a folder holding images/ and "
-                "annotations/instances_<split>.json (e.g. `segbench data synth out=data/synth`)."
-            )
-        if not ann_file.is_file():
-            have = sorted(p.name for p in (Path(root) / "annotations").glob("*.json"))
-            raise SegbenchError(
-                f"no annotations for split '{split}': {ann_file} does not exist"
-                + (f" (found: {', '.join(have)})" if have else "")
-                + ". Name the JSON instances_<split>.json or pass it with data.<split>_ann=FILE."
-            )
-        image_root = image_root or default_images
-    return CocoDataset(ann_file, image_root, check_files=check_files)
+    ann, images = resolve_split(root, split, ann_file=ann_file, image_root=image_root)
+    return CocoDataset(ann, images, check_files=check_files)
