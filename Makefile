@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE = 1
 
-.PHONY: setup demo test test-all lint format bench bench-quick clean
+.PHONY: setup demo test test-all lint format bench bench-quick bench-presets clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/python benchmarks/run_all.py --quick
+
+bench-presets: setup
+	$(BIN)/python benchmarks/bench_presets.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

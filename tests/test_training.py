@@ -65,6 +65,7 @@ def test_train_eval_score_resume(synth_root, tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and len(metrics["history"]) == 1
     assert "val/segm_mAP" in metrics["history"][0]
+    assert metrics["history"][0]["wall_s"] > 0  # training wall time at each validation (mAP-vs-time curves)
     last = run / "checkpoints" / "last.ckpt"
     best = Path(metrics["best_checkpoint"])
     assert last.is_file() and best.is_file() and best.parent == last.parent

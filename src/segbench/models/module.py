@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +128,7 @@ class MaskRCNNModule(pl.LightningModule):
         self.last_val_metrics: dict | None = None
         self.history: list[dict] = []
         self.skipped_batches = 0
+        self._fit_t0: float | None = None
 
     def forward(self, images, targets=None):
         return self.model(images, targets)
@@ -170,6 +172,21 @@ class MaskRCNNModule(pl.LightningModule):
         schedule = WarmupSchedule(total_steps=int(total), **self.scheduler_cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def on_fit_start(self) -> None:
+        self._fit_t0 = time.perf_counter()
+
+    def _train_wall_seconds(self) -> float | None:
+        """Wall time of the training loop so far (validation included), across resumes when a
+        ``Timer`` callback runs (``trainer.max_time`` adds one); else since this process began fitting."""
+        trainer = self._trainer
+        if trainer is not None:
+            timer = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
+            if timer is not None:
+                elapsed = timer.time_elapsed("train")
+                if elapsed:
+                    return float(elapsed)
+        return None if self._fit_t0 is None else time.perf_counter() - self._fit_t0
 
     # -- validation -------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -230,7 +247,11 @@ class MaskRCNNModule(pl.LightningModule):
                 k, v, prog_bar=k in ("val/segm_mAP", "val/bbox_mAP"), sync_dist=False, rank_zero_only=False
             )
         if not self.trainer.sanity_checking:
-            self.history.append({"epoch": self.current_epoch, "step": self.global_step, **logged})
+            wall = self._train_wall_seconds()
+            entry = {"epoch": self.current_epoch, "step": self.global_step}
+            if wall is not None:
+                entry["wall_s"] = round(wall, 1)
+            self.history.append({**entry, **logged})
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
