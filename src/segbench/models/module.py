@@ -24,6 +24,11 @@ class WarmupSchedule:
     """LR multiplier per step: linear warm-up, then cosine decay, step decay or constant.
 
     A plain object (not a closure), so that its state goes into checkpoints and resumes exactly.
+
+    ``by_time``: the decay also follows the training wall-clock budget (``trainer.max_time``): its progress
+    is the larger of the step fraction and :attr:`time_fraction`, which the module sets before every step
+    from Lightning's ``Timer``. With a time budget and more epochs than fit in it, the decay ends when the
+    time does, whatever the speed of the machine (the run is then no longer reproducible step for step).
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class WarmupSchedule:
         min_lr_ratio: float = 0.0,
         milestones: tuple[float, ...] = (0.7, 0.9),
         gamma: float = 0.1,
+        by_time: bool = False,
     ) -> None:
         if name not in SCHEDULERS:
             raise SegbenchError(f"model.scheduler.name={name!r} is not one of {SCHEDULERS}")
@@ -46,6 +52,8 @@ class WarmupSchedule:
         self.min_lr_ratio = float(min_lr_ratio)
         self.milestones = [int(m * self.total_steps) if m < 1 else int(m) for m in milestones]
         self.gamma = float(gamma)
+        self.by_time = bool(by_time)
+        self.time_fraction = 0.0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -55,9 +63,15 @@ class WarmupSchedule:
             warm = 1.0
         if self.name == "cosine":
             t = min(max(step - self.warmup_steps, 0) / max(self.total_steps - self.warmup_steps, 1), 1.0)
+            if self.by_time:
+                t = min(max(t, self.time_fraction), 1.0)
             decay = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
         elif self.name == "multistep":
-            decay = self.gamma ** sum(step >= m for m in self.milestones)
+            done = [step >= m for m in self.milestones]
+            if self.by_time:
+                frac = self.time_fraction * self.total_steps
+                done = [d or frac >= m for d, m in zip(done, self.milestones, strict=True)]
+            decay = self.gamma ** sum(done)
         else:
             decay = 1.0
         return warm * decay
@@ -81,7 +95,7 @@ class MaskRCNNModule(pl.LightningModule):
     optimizer : callable
         ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``), e.g. SGD or AdamW.
     scheduler : dict
-        :class:`WarmupSchedule` options (name, warmup_steps, min_lr_ratio, milestones, gamma).
+        :class:`WarmupSchedule` options (name, warmup_steps, min_lr_ratio, milestones, gamma, by_time).
     eval_max_dets : int, optional
         COCO detections-per-image cap in validation (``None``: keep all).
     eval_score_threshold : float
@@ -170,22 +184,40 @@ class MaskRCNNModule(pl.LightningModule):
         if not math.isfinite(total):
             total = 10_000
         schedule = WarmupSchedule(total_steps=int(total), **self.scheduler_cfg)
+        if schedule.by_time and self._timer() is None:
+            raise SegbenchError(
+                "model.scheduler.by_time=true decays the learning rate over the time budget, but "
+                "trainer.max_time is not set; set trainer.max_time (e.g. '00:00:14:00') or by_time=false"
+            )
+        self._schedule = schedule
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def on_fit_start(self) -> None:
         self._fit_t0 = time.perf_counter()
 
+    def _timer(self) -> pl.callbacks.Timer | None:
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        return next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        schedule = getattr(self, "_schedule", None)
+        if schedule is not None and schedule.by_time:
+            timer = self._timer()
+            elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+            if remaining is not None and elapsed + remaining > 0:
+                schedule.time_fraction = float(elapsed / (elapsed + remaining))
+
     def _train_wall_seconds(self) -> float | None:
         """Wall time of the training loop so far (validation included), across resumes when a
         ``Timer`` callback runs (``trainer.max_time`` adds one); else since this process began fitting."""
-        trainer = self._trainer
-        if trainer is not None:
-            timer = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
-            if timer is not None:
-                elapsed = timer.time_elapsed("train")
-                if elapsed:
-                    return float(elapsed)
+        timer = self._timer()
+        if timer is not None:
+            elapsed = timer.time_elapsed("train")
+            if elapsed:
+                return float(elapsed)
         return None if self._fit_t0 is None else time.perf_counter() - self._fit_t0
 
     # -- validation -------------------------------------------------------------------------------
