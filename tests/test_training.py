@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -194,3 +196,50 @@ def test_ddp_two_cpu_processes(synth_root, tmp_path):
     (run,) = run_dirs(tmp_path)
     m = json.loads((run / "metrics.json").read_text())
     assert m["global_step"] == 2
+
+
+def test_schedule_by_time_follows_the_time_fraction():
+    from segbench.models.module import WarmupSchedule
+
+    steps = WarmupSchedule(total_steps=1000, name="cosine", warmup_steps=0, min_lr_ratio=0.0)
+    timed = WarmupSchedule(total_steps=1000, name="cosine", warmup_steps=0, min_lr_ratio=0.0, by_time=True)
+    for s in (steps, timed):
+        s.time_fraction = 0.5
+    assert steps(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.01)))  # time ignored without by_time
+    assert timed(10) == pytest.approx(0.5)  # half the time gone: half-way down the cosine
+    assert timed(900) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))  # steps ahead of time: steps win
+    timed.time_fraction = 1.0
+    assert timed(10) == pytest.approx(0.0, abs=1e-12)
+    multi = WarmupSchedule(total_steps=100, name="multistep", milestones=(0.5, 0.9), gamma=0.1, by_time=True)
+    multi.time_fraction = 0.6
+    assert multi(1) == pytest.approx(0.1)
+
+
+def test_schedule_by_time_needs_max_time(synth_root, tmp_path, capsys):
+    code = main(tiny(synth_root, tmp_path, "model.scheduler.by_time=true"))
+    err = capsys.readouterr().err
+    assert code == 2 and "model.scheduler.by_time" in err and "trainer.max_time" in err
+
+
+def test_schedule_by_time_decays_within_the_time_budget(synth_root, tmp_path, capsys):
+    code = main(
+        tiny(
+            synth_root,
+            tmp_path,
+            "model.scheduler.by_time=true",
+            "model.scheduler.warmup_steps=0",
+            "model.scheduler.min_lr_ratio=0",
+            "trainer.max_time=00:00:00:05",
+            "trainer.max_epochs=1000",
+            "trainer.limit_train_batches=1",
+            "trainer.check_val_every_n_epoch=1000",
+            "test_after_fit=false",
+        )
+    )
+    assert code == 0, capsys.readouterr().err
+    (run,) = run_dirs(tmp_path)
+    rows = [r for r in csv.DictReader(next(run.glob("logs/*/metrics.csv")).open()) if r.get("train/lr")]
+    lrs = [float(r["train/lr"]) for r in rows]
+    assert len(lrs) >= 3 and lrs[0] > 0.9 * 0.02  # starts at the peak (experiment-free default lr 0.02)
+    assert lrs == sorted(lrs, reverse=True)  # decays monotonically with time ...
+    assert lrs[-1] < 0.5 * lrs[0]  # ... and is past half-way when the time budget stops the run
