@@ -162,28 +162,11 @@ def main(argv=None) -> int:
                 print(proc.stderr[-3000:])
                 raise SystemExit(f"[{name}] training failed (exit {proc.returncode})")
             run_dir = sorted((args.out / "train" / "presets" / name).iterdir())[-1]
-            m = json.loads((run_dir / "metrics.json").read_text())
-            hist = [
-                {"epoch": h["epoch"], "step": h["step"], "wall_s": h["wall_s"], "val/segm_mAP": h["val/segm_mAP"],
-                 "val/bbox_mAP": h["val/bbox_mAP"]}
-                for h in m["history"]
-            ]  # fmt: skip
-            runs.append(
-                {
-                    "roi": roi,
-                    "size": size,
-                    "steps": m["global_step"],
-                    "s_per_step": hist[-1]["wall_s"] / max(m["global_step"], 1),
-                    "fit_wall_s": hist[-1]["wall_s"],
-                    "process_wall_s": wall,
-                    "final_segm_mAP": hist[-1]["val/segm_mAP"],
-                    "history": hist,
-                    "run_dir": str(run_dir),
-                }
-            )
+            run = {**load_run(run_dir), "process_wall_s": wall}
+            runs.append(run)
             print(
-                f"[{name}] {m['global_step']} steps: "
-                + ", ".join(f"{h['wall_s'] / 60:.1f} min {h['val/segm_mAP']:.3f}" for h in hist),
+                f"[{name}] {run['steps']} steps: "
+                + ", ".join(f"{h['wall_s'] / 60:.1f} min {h['val/segm_mAP']:.3f}" for h in run["history"]),
                 flush=True,
             )
 
