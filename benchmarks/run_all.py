@@ -21,7 +21,15 @@ import _common as C
 
 HERE = Path(__file__).resolve().parent
 #: fastest first
-SCRIPTS = ("bench_eval", "bench_baselines", "bench_data", "bench_memory", "bench_predict", "bench_train")
+SCRIPTS = (
+    "bench_eval",
+    "bench_baselines",
+    "bench_data",
+    "bench_memory",
+    "bench_predict",
+    "bench_cpu_formats",
+    "bench_train",
+)
 
 
 def main(argv=None) -> int:

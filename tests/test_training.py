@@ -243,3 +243,51 @@ def test_schedule_by_time_decays_within_the_time_budget(synth_root, tmp_path, ca
     assert len(lrs) >= 3 and lrs[0] > 0.9 * 0.02  # starts at the peak (experiment-free default lr 0.02)
     assert lrs == sorted(lrs, reverse=True)  # decays monotonically with time ...
     assert lrs[-1] < 0.5 * lrs[0]  # ... and is past half-way when the time budget stops the run
+
+
+def test_channels_last_trains_and_its_checkpoint_is_an_ordinary_one(synth_root, tmp_path, capsys):
+    from segbench.models.maskrcnn import build_maskrcnn
+    from segbench.models.module import MaskRCNNModule
+    from segbench.models.segmenter import load_checkpoint_file
+
+    net = {"backbone": "resnet18_fpn", "weights": None, "min_size": 64, "max_size": 64}
+    torch.manual_seed(0)
+    module = MaskRCNNModule(
+        net=net,
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        categories=[{"id": i, "name": n} for i, n in enumerate("abc", 1)],
+        label_to_cat_id={1: 1, 2: 2, 3: 3},
+        channels_last=True,
+    )
+    conv = module.model.backbone.body.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = build_maskrcnn(num_classes=3, **net)
+    plain.load_state_dict(module.model.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    module.model.eval(), plain.eval()
+    with torch.no_grad():
+        a, b = module.model.backbone(x), plain.backbone(x)
+    for k in a:  # same weights, other memory layout: the same features
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+
+    code = main(tiny(synth_root, tmp_path, "model.channels_last=true", "trainer.precision=bf16-mixed"))
+    assert code == 0, capsys.readouterr().err
+    (run,) = run_dirs(tmp_path)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["global_step"] == 2 and 0 <= m["val"]["segm_AP"] <= 1  # evaluated from the checkpoint
+    state = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
+    fresh = build_maskrcnn(num_classes=3, **{**net, "min_size": 96, "max_size": 96})
+    fresh.load_state_dict({k[len("model.") :]: v for k, v in state.items()})
+
+
+def test_cpu_precision_follows_the_cpu(monkeypatch):
+    import segbench.training as training
+    from segbench.cli import compose
+
+    for has_bf16, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda v=has_bf16: v)
+        cfg = compose("train", ["trainer.precision=${cpu_precision:}"])
+        assert cfg.trainer.precision == expected
+    monkeypatch.undo()
+    assert isinstance(training.cpu_has_bf16(), bool)

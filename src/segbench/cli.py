@@ -77,6 +77,13 @@ def _register_resolvers() -> None:
 
     # replace=True: Hydra's initialisation installs its own per-process ``now``.
     OmegaConf.register_new_resolver("now", _now, replace=True)
+    OmegaConf.register_new_resolver("cpu_precision", _cpu_precision, replace=True)
+
+
+def _cpu_precision() -> str:
+    from segbench.training import cpu_precision
+
+    return cpu_precision()
 
 
 def compose(config_name: str, overrides: list[str]):

@@ -22,6 +22,27 @@ from segbench.types import SegbenchError
 log = logging.getLogger(__name__)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), which make ``bf16-mixed`` training
+    faster than float32; without them autocast emulates bfloat16 and is slower."""
+    import torch
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:  # pragma: no cover - a torch build without the probe's backend
+            continue
+    return False
+
+
+def cpu_precision() -> str:
+    """``trainer.precision`` for CPU presets (the ``${cpu_precision:}`` resolver): ``bf16-mixed`` where the CPU
+    has bfloat16 instructions, else ``32-true``."""
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
 class AtomicModelCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint whose files are written to a temporary name and renamed into place, and whose
     ``last.ckpt`` is written at every save point.
