@@ -121,6 +121,30 @@ def test_image_without_objects_trains() -> None:
     assert empty_only["loss_mask"].item() == 0.0
 
 
+@pytest.mark.parametrize("backbone", ["resnet18_fpn", "resnet50_fpn_v2"])
+def test_lighter_mask_head(backbone: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_maskrcnn(num_classes=2, backbone=backbone, mask_head_layers=[32, 16], **TINY)
+    convs = [m for m in model.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(256, 32), (32, 16)]
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 16
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.roi_heads.mask_head.modules())
+    assert has_bn == (backbone == "resnet50_fpn_v2")  # v2 keeps its normalised heads
+    losses = model([torch.rand(3, 64, 64)], [_target()])
+    sum(losses.values()).backward()
+    assert torch.isfinite(losses["loss_mask"])
+    # a file trained with that head loads into the same build, and is refused by the default one
+    path = tmp_path / "light.pth"
+    torch.save(model.state_dict(), path)
+    again = build_maskrcnn(num_classes=2, backbone=backbone, mask_head_layers=[32, 16], weights=path, **TINY)
+    assert torch.equal(again.roi_heads.mask_head[0][0].weight, model.roi_heads.mask_head[0][0].weight)
+    with pytest.raises(SegbenchError, match="mask_head"):
+        build_maskrcnn(num_classes=2, backbone=backbone, weights=path, **TINY)
+    with pytest.raises(ValueError, match="mask_head_layers"):
+        build_maskrcnn(num_classes=2, backbone=backbone, mask_head_layers=[64, 0], **TINY)
+
+
 def test_unknown_backbone_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="backbone") as err:
         build_maskrcnn(num_classes=2, backbone="resnet101_fpn")

@@ -50,7 +50,7 @@ from torchvision.models.detection import (
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -277,6 +277,7 @@ def build_maskrcnn(
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     keep_size: bool = False,
+    mask_head_layers: Sequence[int] | None = None,
 ) -> MaskRCNN:
     """Build a torchvision Mask R-CNN for ``num_classes`` foreground classes.
 
@@ -331,6 +332,10 @@ def build_maskrcnn(
         Do not resize images (``min_size``/``max_size`` are then unused): they are only normalised and
         padded. For small objects in images of very different sizes (microscopy): train on crops and
         predict at the native resolution. Uses :class:`NativeSizeTransform`, which is scriptable.
+    mask_head_layers
+        Output channels of the mask head's 3x3 convolutions, e.g. ``[128, 128, 128, 128]``; ``None`` keeps
+        torchvision's ``[256, 256, 256, 256]``. A lighter head makes CPU training steps cheaper (the mask head
+        runs on every positive RoI); weights files must then have been trained with the same head.
 
     Returns
     -------
@@ -392,8 +397,15 @@ def build_maskrcnn(
     if image_std is not None:
         kwargs["image_std"] = _floats3("image_std", image_std)
 
+    mask_layers = _mask_head_layers(mask_head_layers)
     body = _build_body(backbone, _NORM_FACTORIES[norm_name], imagenet=source == "imagenet")
     model = _assemble(backbone, body, trainable, anchor_generator, num_classes + 1, kwargs)
+    if mask_layers is not None:
+        norm = nn.BatchNorm2d if backbone == "resnet50_fpn_v2" else None
+        model.roi_heads.mask_head = MaskRCNNHeads(
+            model.backbone.out_channels, mask_layers, 1, norm_layer=norm
+        )
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1)
     if keep_size:
         t = model.transform
         model.transform = NativeSizeTransform(
@@ -543,6 +555,14 @@ def _anchor_generator(anchor_sizes: Sequence[int] | None, backbone: str) -> Anch
             )
         per_map = tuple((s,) for s in sizes)
     return AnchorGenerator(per_map, (_ASPECT_RATIOS,) * n_maps)
+
+
+def _mask_head_layers(value: Sequence[int] | None) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"mask_head_layers must be a non-empty list of channel counts, got {value!r}")
+    return [_check_int("mask_head_layers", v, minimum=1) for v in value]
 
 
 def _int_or_tuple(name: str, value: int | Sequence[int]) -> int | tuple[int, ...]:
