@@ -207,10 +207,13 @@ def print_targets(targets: Sequence[dict], *, quick: bool) -> None:
     )
 
 
-def write_result(results_dir: Path, name: str, data: dict) -> Path:
+def write_result(results_dir: Path, name: str, data: dict, *, quick: bool, machine: dict) -> Path:
+    """Write ``<results_dir>/<name>.json``: the envelope every script shares (name, quick, machine), then
+    ``data``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    payload = {"name": name, "quick": quick, "machine": machine, **data}
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     print(f"\nwrote {path}")
     return path
 

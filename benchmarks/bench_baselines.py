@@ -253,9 +253,6 @@ def main(argv=None) -> int:
         args.results_dir,
         NAME,
         {
-            "name": NAME,
-            "quick": q,
-            "machine": info,
             "settings": {
                 "size": s,
                 "fit_images": args.fit_images,
@@ -268,6 +265,8 @@ def main(argv=None) -> int:
             "targets": targets,
             "skipped": [],
         },
+        quick=q,
+        machine=info,
     )
     return 0
 

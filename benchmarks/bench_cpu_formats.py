@@ -158,7 +158,6 @@ def main(argv=None) -> int:
         args.results_dir,
         NAME,
         {
-            "machine": info,
             "args": {k: str(v) for k, v in vars(args).items()},
             "bf16_native": bf16_native,
             "image_size": size,
@@ -168,6 +167,8 @@ def main(argv=None) -> int:
             "first_step_loss": losses,
             "targets": targets,
         },
+        quick=q,
+        machine=info,
     )
     return 0
 

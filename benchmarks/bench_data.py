@@ -348,14 +348,14 @@ def main(argv=None) -> int:
     args.item_reps = args.item_reps or (1 if q else 3)
     C.quiet_logs()
     info = C.header(NAME, args, light=True)
-    result: dict = {"name": NAME, "quick": q, "machine": info, "skipped": [], "targets": []}
+    result: dict = {"skipped": [], "targets": []}
     result["index"] = part_index(args)
     reason = C.dsb2018_reason(args.dsb_root)
     if reason:
         result["skipped"].append(C.skipped("per-item load on dsb2018", reason))
     else:
         result["items"] = part_items(args)
-    C.write_result(args.results_dir, NAME, result)
+    C.write_result(args.results_dir, NAME, result, quick=q, machine=info)
     return 0
 
 

@@ -188,9 +188,6 @@ def main(argv=None) -> int:
         args.results_dir,
         NAME,
         {
-            "name": NAME,
-            "quick": q,
-            "machine": info,
             "settings": {"images": args.images, "reps": args.reps, "seed": args.seed},
             "counts": {"gt": len(gt["annotations"]), "detections": len(results)},
             "stats": {"keys": KEYS, "segbench": sb_stats, "pycocotools": pc_stats, "max_abs_diff": max_diff},
@@ -199,6 +196,8 @@ def main(argv=None) -> int:
             "targets": targets,
             "skipped": [],
         },
+        quick=q,
+        machine=info,
     )
     if not identical:
         print("ERROR: the two evaluations disagree")

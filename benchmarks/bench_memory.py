@@ -180,11 +180,11 @@ def main(argv=None) -> int:
     include_max = not (q or args.no_max)
     C.quiet_logs()
     info = C.header(NAME, args, light=True)  # a light parent: children's ru_maxrss starts at its peak
-    result: dict = {"name": NAME, "quick": q, "machine": info, "skipped": [], "targets": []}
+    result: dict = {"skipped": [], "targets": []}
     reason = C.dsb2018_reason(args.dsb_root)
     if reason:
         result["skipped"].append(C.skipped("training-item memory on dsb2018", reason))
-        C.write_result(args.results_dir, NAME, result)
+        C.write_result(args.results_dir, NAME, result, quick=q, machine=info)
         return 0
     h, w = (int(v) for v in args.size.lower().split("x"))
     cases = pick_cases(args.dsb_root, args.counts, (h, w), include_max)
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     result["cases"] = rows
     result["settings"] = {"counts": args.counts, "size": [h, w], "max_crop": args.max_crop, "seed": args.seed}
     result["targets"] = targets
-    C.write_result(args.results_dir, NAME, result)
+    C.write_result(args.results_dir, NAME, result, quick=q, machine=info)
     return 0
 
 

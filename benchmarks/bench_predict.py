@@ -311,7 +311,7 @@ def main(argv=None) -> int:
 
     from segbench.data.synthetic import SynthConfig, make_image
 
-    result: dict = {"name": NAME, "quick": q, "machine": info, "skipped": []}
+    result: dict = {"skipped": []}
     targets = []
 
     # ---- synthetic ----
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
             )
     result["targets"] = targets
     C.print_targets(targets, quick=q)
-    C.write_result(args.results_dir, NAME, result)
+    C.write_result(args.results_dir, NAME, result, quick=q, machine=info)
     return 0
 
 

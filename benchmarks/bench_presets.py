@@ -196,9 +196,6 @@ def main(argv=None) -> int:
         args.results_dir,
         NAME,
         {
-            "name": NAME,
-            "quick": q,
-            "machine": info,
             "settings": {"budget_s": budget_s, "rois": rois, "sizes": sizes},
             "runs": runs,
             "frontier_runs": front,
@@ -206,6 +203,8 @@ def main(argv=None) -> int:
             "targets": [],
             "skipped": [],
         },
+        quick=q,
+        machine=info,
     )
     return 0
 

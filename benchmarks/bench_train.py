@@ -289,9 +289,6 @@ def main(argv=None) -> int:
         args.results_dir,
         NAME,
         {
-            "name": NAME,
-            "quick": q,
-            "machine": info,
             "settings": {
                 "steps": args.steps,
                 "skip": args.skip,
@@ -312,6 +309,8 @@ def main(argv=None) -> int:
             "targets": targets,
             "skipped": [],
         },
+        quick=q,
+        machine=info,
     )
     return 0
 
