@@ -220,6 +220,7 @@ def main(argv=None) -> int:
             k: v for k, v in OmegaConf.to_container(cfg.model.optimizer).items() if not k.startswith("_")
         }
         sched_cfg = OmegaConf.to_container(cfg.model.scheduler)
+        sched_cfg["by_time"] = False  # a fixed number of steps here, no time budget to fit the decay to
         args.batch_size = args.batch_size or (2 if q else int(cfg.data.batch_size))
         args.workers = int(cfg.data.num_workers) if args.workers is None else args.workers
         # the bare loop keeps the LR Lightning starts with (warm-up start) constant: plain SGD
