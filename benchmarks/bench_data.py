@@ -6,8 +6,9 @@ is timed (median of ``--reps``; JSON parsing included, and reported apart), and 
 fresh subprocess each: the tracemalloc peak (Python allocations) and the RSS delta (``psutil``: RSS after
 minus before, with the dataset alive; and the peak RSS above the start: ``VmHWM`` after a reset of the
 high-water mark). Every timed run counts calls of the mask decoders (``decode_annotation`` and
-pycocotools' ``frPyObjects`` / ``decode`` / ``merge`` / ``area`` as used by ``segbench.data.coco``) and
-asserts that indexing made none; then one ``load_instances`` call shows the counter does count.
+pycocotools' ``frPyObjects`` / ``decode`` / ``merge`` / ``area`` as used by ``segbench.data.coco`` and
+``segbench.data.annotations``) and asserts that indexing made none; then one ``load_instances`` call shows
+the counter does count.
 
 Part 2 — per-item load on dsb2018 train images (skipped, with the reason, without ../shared/data/dsb2018):
 ``load_image`` + ``load_instances`` + dense decode (``Instances.get_masks()``), page cache warmed by an
@@ -75,7 +76,8 @@ def write_coco(
 
 
 class DecodeCounter:
-    """Counts calls of the mask decoders ``segbench.data.coco`` uses, while installed."""
+    """Counts calls of the mask decoders ``segbench.data.coco`` and the rulebook it calls
+    (``segbench.data.annotations``) use, while installed."""
 
     NAMES = ("frPyObjects", "decode", "merge", "area", "encode", "toBbox")
 
@@ -83,9 +85,10 @@ class DecodeCounter:
         self.calls: dict[str, int] = {}
 
     def __enter__(self):
+        import segbench.data.annotations as ann_mod
         import segbench.data.coco as coco_mod
 
-        self._mod = coco_mod
+        self._mod, self._ann_mod = coco_mod, ann_mod
         self._orig_decode_annotation = coco_mod.decode_annotation
         self._orig_mask_utils = coco_mod.mask_utils
         counter = self
@@ -103,12 +106,12 @@ class DecodeCounter:
                 attr = getattr(real, name)
                 return counted(f"mask_utils.{name}", attr) if name in DecodeCounter.NAMES else attr
 
-        coco_mod.mask_utils = Proxy()
+        coco_mod.mask_utils = ann_mod.mask_utils = Proxy()
         coco_mod.decode_annotation = counted("decode_annotation", self._orig_decode_annotation)
         return self
 
     def __exit__(self, *exc):
-        self._mod.mask_utils = self._orig_mask_utils
+        self._mod.mask_utils = self._ann_mod.mask_utils = self._orig_mask_utils
         self._mod.decode_annotation = self._orig_decode_annotation
 
     @property

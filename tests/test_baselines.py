@@ -20,6 +20,7 @@ from segbench.baselines import (
     load_baseline,
 )
 from segbench.baselines import postprocess as pp
+from segbench.eval.metrics import f1_scorer
 from segbench.types import Instances, masks_to_boxes
 
 NAMES = sorted(BASELINES)
@@ -146,24 +147,39 @@ def training_set(centres=SEPARATED, *, fg=200, bg=40, n=3):
 @pytest.mark.parametrize("name", NAMES)
 def test_fit_learns_polarity_min_area_and_split(name):
     disc_area = int(disc_masks([(64, 64)]).sum())  # 1257 pixels for r = 20
-    bright = build_baseline(name).fit(*training_set(fg=200, bg=40))
+    bright = build_baseline(name).fit(*training_set(fg=200, bg=40), scorer=f1_scorer)
     fitted = bright.get_params()["fitted"]
     assert fitted["polarity"] == "bright"
     assert fitted["min_area"] == int(0.5 * disc_area) == 628
     assert fitted["min_distance"] == 14  # 0.7 x the equivalent radius 20
     assert fitted["split_touching"] is False  # splitting gains nothing on separated discs
 
-    dark = build_baseline(name).fit(*training_set(fg=40, bg=200))
+    dark = build_baseline(name).fit(*training_set(fg=40, bg=200), scorer=f1_scorer)
     assert dark.get_params()["fitted"]["polarity"] == "dark"
 
-    touching = build_baseline(name, min_distance=10).fit(*training_set(TOUCHING))
+    touching = build_baseline(name, min_distance=10).fit(*training_set(TOUCHING), scorer=f1_scorer)
     fitted = touching.get_params()["fitted"]
     assert fitted["split_touching"] is True
     # unsplit, the merged blob matches at most one disc (its IoU with one is about 0.5): F1 <= 2/3
-    assert fitted["split_f1"]["split"] == 1.0
-    assert fitted["split_f1"]["no_split"] in (0.0, pytest.approx(2 / 3))
+    assert fitted["split_score"]["split"] == 1.0
+    assert fitted["split_score"]["no_split"] in (0.0, pytest.approx(2 / 3))
     img, masks = disc_image(TOUCHING, noise=8.0, seed=99)
     assert len(touching(rgb(img))) == 2
+
+
+def test_fitting_split_touching_needs_a_scorer():
+    with pytest.raises(ValueError, match="pass scorer="):
+        ThresholdSegmenter().fit(*training_set())
+    calls = []
+
+    def scorer(gts, preds):  # prefers not splitting, whatever the images
+        calls.append(len(preds))
+        return 1.0 if len(calls) == 1 else 0.0
+
+    seg = ThresholdSegmenter(min_distance=10).fit(*training_set(TOUCHING), scorer=scorer)
+    assert calls == [len(training_set(TOUCHING)[0])] * 2  # both choices scored on the same images
+    assert seg.get_params()["fitted"]["split_touching"] is False
+    assert seg.get_params()["fitted"]["split_score"] == {"no_split": 1.0, "split": 0.0}
 
 
 def test_fit_keeps_explicit_options():
@@ -181,7 +197,7 @@ def test_fixed_threshold_is_fitted_from_pixels():
         img, masks = disc_image(centres, fg=200, bg=40)
         images.append(img)
         targets.append(Instances.from_masks(masks))
-    seg.fit(images, targets)
+    seg.fit(images, targets, scorer=f1_scorer)
     # every level in [40, 199] separates 40 from 200 perfectly; the first one is kept
     assert seg.get_params()["fitted"]["value"] == 40.5
     assert len(seg(images[0])) == 2
@@ -198,7 +214,7 @@ def test_multi_threshold_fits_foreground_classes():
         img += np.random.default_rng(seed).normal(0, 4, SIZE)
         images.append(np.clip(img, 0, 255).astype(np.uint8))
         targets.append(Instances.from_masks(objects))
-    seg = MultiThresholdSegmenter(classes=3, min_area=50).fit(images, targets)
+    seg = MultiThresholdSegmenter(classes=3, min_area=50).fit(images, targets, scorer=f1_scorer)
     assert seg.get_params()["fitted"]["foreground_classes"] == [2]
     assert min(best_ious(seg(images[0]), targets[0].masks)) > 0.95
     assert len(seg(images[0])) == 2
@@ -219,7 +235,7 @@ def test_kmeans_learns_object_colour():
         img += np.random.default_rng(seed).normal(0, 4, img.shape)
         images.append(np.clip(img, 0, 255).astype(np.uint8))
         targets.append(Instances.from_masks(objects))
-    seg = KMeansSegmenter(k=3, min_area=50).fit(images, targets)
+    seg = KMeansSegmenter(k=3, min_area=50).fit(images, targets, scorer=f1_scorer)
     fitted = seg.get_params()["fitted"]
     assert len(fitted["fg_colours"]) == 2 and len(fitted["bg_colours"]) == 4  # one red cluster per image
     red = np.asarray(fitted["fg_colours"])
@@ -240,15 +256,14 @@ def test_fit_input_errors(monkeypatch):
     with pytest.raises(ValueError, match="target 0 is for an image of size"):
         ThresholdSegmenter().fit([images[0][:64]], targets[:1])
     # a fit that fails part-way leaves the previous fit in place
-    seg = ThresholdSegmenter(method="fixed").fit(images, targets)
+    seg = ThresholdSegmenter(method="fixed").fit(images, targets, scorer=f1_scorer)
     before = seg.get_params()
 
     def broken(*args, **kwargs):
         raise RuntimeError("metrics failed")
 
-    monkeypatch.setattr("segbench.baselines.base.matching_scores", broken)
     with pytest.raises(RuntimeError, match="metrics failed"):
-        seg.fit(*training_set(fg=40, bg=200))
+        seg.fit(*training_set(fg=40, bg=200), scorer=broken)
     assert seg.get_params() == before
 
 
@@ -280,7 +295,7 @@ def test_region_helpers():
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_params_round_trip_gives_identical_predictions(name, tmp_path):
-    seg = build_baseline(name).fit(*training_set(TOUCHING))
+    seg = build_baseline(name).fit(*training_set(TOUCHING), scorer=f1_scorer)
     params = seg.get_params()
     assert params["name"] == name and params["fitted"] is not None
     restored = BaseSegmenter.from_params(json.loads(json.dumps(params)))

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from segbench.cli import main
-from segbench.data.checks import KINDS, LEFT_ALONE, check_dataset, fix_dataset
 from segbench.data.coco import CocoDataset
+from segbench.data.doctor import KINDS, LEFT_ALONE, check_dataset, check_split, fix_dataset
 from segbench.types import SegbenchError, masks_to_rles
 from tests.conftest import SHARED_DATA
 
@@ -213,6 +213,42 @@ def test_fix_refuses_to_overwrite_or_use_a_stale_report(broken):
     broken.write_text(broken.read_text() + " ")
     with pytest.raises(SegbenchError, match="changed since"):
         fix_dataset(broken, rep)
+
+
+def test_check_split_checks_fixes_and_checks_the_fixed_file(broken):
+    result = check_split(broken, fix=True, max_dets=MAX_DETS)
+    assert result.report.errors > 0 and result.fixed_report is not None
+    assert result.fixed_file == broken.with_name("instances_train.fixed.json")
+    assert result.log_file == broken.with_name("instances_train.fixes.log") and result.log_file.is_file()
+    assert (result.errors, result.warnings) == (0, result.fixed_report.warnings)  # what is left counts
+    text = result.format(title="train", max_examples=1)
+    assert text.startswith("[train] ") and "\n\n[train] fix: 27 change(s) -> " in text
+    assert "[train fixed] " in text
+    d = result.to_dict()
+    assert set(d) == {"check", "fixed", "changes"} and d["changes"] == result.changes
+    only = check_split(broken, max_dets=MAX_DETS)  # no fix asked: nothing written, the original counts
+    assert only.fixed_report is None and set(only.to_dict()) == {"check"}
+    assert only.errors == result.report.errors and "fix:" not in only.format(title="train").split("\n")[0]
+
+
+def test_check_split_with_nothing_to_fix_writes_nothing(tmp_path):
+    from tests.conftest import write_coco
+
+    p = write_coco(
+        tmp_path, [("a.png", noise())], [ann(1)], [{"id": 0, "name": "bg"}, {"id": 1, "name": "a"}]
+    )
+    result = check_split(p, fix=True)
+    assert [i.kind for i in result.report.issues] == ["category_id_zero"]  # left alone by the fix
+    assert result.fixed_file is None and not p.with_name("instances_train.fixed.json").exists()
+    assert result.format(title="train").endswith(f"[train] fix: nothing to change ({p} is left as it is)")
+
+
+def test_byte_order_mark_is_no_problem(tmp_path):
+    from tests.conftest import write_coco
+
+    p = write_coco(tmp_path, [("a.png", noise())], [ann(1)], [{"id": 1, "name": "a"}])
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    assert check_dataset(p).issues == []
 
 
 def test_all_crowd_dataset(tmp_path):

@@ -213,9 +213,34 @@ def test_degenerate_annotations_dropped_counted_logged_once(tmp_path, rgb, caplo
     assert ds.num_annotations == 1
     assert ds.dropped.total == 8
     assert sorted(i for ids in ds.dropped.by_reason.values() for i in ids) == [2, 3, 4, 5, 6, 7, 8, 9]
+    # dropped under the doctor's problem kinds (segbench.data.annotations.KINDS)
+    assert dict(ds.dropped.by_reason) == {
+        "bad_polygon": [2, 3],
+        "empty_mask": [4, 5],
+        "bad_box": [6],
+        "rle_size_mismatch": [7],
+        "unknown_image": [8],
+        "unknown_category": [9],
+    }
     records = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(records) == 1
     assert "ids 2" in records[0].getMessage() and "ids 9" in records[0].getMessage()
+    assert "2 bad_polygon (ids 2, 3)" in records[0].getMessage()
+    assert len(ds[0].instances) == 1
+
+
+def test_json_with_a_utf8_byte_order_mark_is_read(tmp_path, rgb):
+    p = write_coco(tmp_path, [("a.png", rgb())], [ann(1, segmentation=[square(1, 1, 5, 5)])], CATS)
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())  # as some Windows tools write it
+    assert CocoDataset(p).num_annotations == 1
+
+
+def test_annotation_with_an_unreadable_segmentation_is_dropped_not_boxed(tmp_path, rgb):
+    # a string is no mask: dropped (as the doctor's fix drops it), not replaced by its box
+    bad = ann(2, segmentation="garbage", bbox=[0, 0, 4, 4])
+    p = write_coco(tmp_path, [("a.png", rgb())], [ann(1, segmentation=[square(1, 1, 5, 5)]), bad], CATS)
+    ds = CocoDataset(p)
+    assert dict(ds.dropped.by_reason) == {"malformed_segmentation": [2]}
     assert len(ds[0].instances) == 1
 
 

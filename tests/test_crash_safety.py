@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 
-from segbench.training import AtomicModelCheckpoint
+from segbench.callbacks import AtomicCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGBENCH = str(Path(sys.executable).parent / "segbench")
@@ -74,33 +75,31 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synth_root, tmp_pat
     assert all(torch.allclose(w[k].float(), w_ref[k].float(), atol=1e-5) for k in w_ref), worst
 
 
-class _Trainer:
-    """Just enough of a Trainer for ModelCheckpoint._save_checkpoint."""
-
-    is_global_zero = True
-    global_step = 7
-    loggers: list = []
-
-    class strategy:  # noqa: N801
-        @staticmethod
-        def barrier(name=None):
-            pass
-
-    def __init__(self, fail: bool):
-        self.fail = fail
-
-    def save_checkpoint(self, path, weights_only=False):
-        Path(path).write_bytes(b"partial")
-        if self.fail:
-            raise KeyboardInterrupt  # the process dies while writing
-
-
-def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path):
+def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     target = tmp_path / "last.ckpt"
     torch.save({"global_step": 3}, target)
-    cb = AtomicModelCheckpoint(dirpath=tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        cb._save_checkpoint(_Trainer(fail=True), str(target))
+    plugin = AtomicCheckpointIO()
+
+    def dies_while_writing(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt  # the process dies in the middle of the write
+
+    with monkeypatch.context() as m:
+        m.setattr(TorchCheckpointIO, "save_checkpoint", dies_while_writing)
+        with pytest.raises(KeyboardInterrupt):
+            plugin.save_checkpoint({"global_step": 5}, target)
     assert torch.load(target, weights_only=True) == {"global_step": 3}
-    cb._save_checkpoint(_Trainer(fail=False), str(target))
-    assert target.read_bytes() == b"partial" and not (tmp_path / "last.ckpt.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial file left
+    plugin.save_checkpoint({"global_step": 5}, target)
+    assert torch.load(target, weights_only=True) == {"global_step": 5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_the_trainer_of_every_run_saves_through_the_atomic_plugin(tmp_path):
+    from hydra.utils import instantiate
+
+    from segbench.cli import compose
+
+    cfg = compose("train", [f"paths.output_dir={tmp_path}"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

@@ -22,8 +22,8 @@ from segbench.models import (
     BACKBONES,
     build_maskrcnn,
     count_classes_in_state_dict,
-    load_weights_file,
 )
+from segbench.models.checkpoint import read_weights
 from segbench.types import SegbenchError
 
 # Small sizes so that a forward pass takes well under a second on one CPU core.
@@ -260,7 +260,7 @@ def test_lightning_checkpoint_loads(r18_three_classes, tmp_path: Path) -> None:
     torch.save(
         {"epoch": 3, "global_step": 10, "state_dict": {"model." + k: v for k, v in state.items()}}, ckpt
     )
-    assert load_weights_file(ckpt).keys() == state.keys()
+    assert read_weights(ckpt).keys() == state.keys()
     model = build_maskrcnn(num_classes=3, backbone="resnet18_fpn", weights=str(ckpt), **TINY)
     assert torch.equal(model.backbone.body.conv1.weight, state["backbone.body.conv1.weight"])
     assert torch.equal(
@@ -292,7 +292,7 @@ def test_unsafe_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
         pickle.dump({"state_dict": Payload()}, f, protocol=2)
 
     for path in (saved_by_torch, plain_pickle):
-        with pytest.raises(SegbenchError, match="execute code") as err:
+        with pytest.raises(SegbenchError, match="would run code") as err:
             build_maskrcnn(num_classes=2, backbone="resnet18_fpn", weights=str(path), **TINY)
         assert str(path) in str(err.value)
         assert not marker.exists()
@@ -335,16 +335,16 @@ def test_unreadable_and_non_state_dict_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"definitely not a torch file")
     with pytest.raises(SegbenchError, match="not a plain file of tensors") as err:
-        load_weights_file(garbage)
+        read_weights(garbage)
     assert str(garbage) in str(err.value)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(b"")
     with pytest.raises(SegbenchError, match="truncated.pth"):
-        load_weights_file(truncated)
+        read_weights(truncated)
     a_list = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], a_list)
     with pytest.raises(SegbenchError, match="not a state_dict"):
-        load_weights_file(a_list)
+        read_weights(a_list)
 
 
 def test_unknown_weights_string_lists_choices() -> None:

@@ -21,11 +21,10 @@ from segbench.export import (
     FILES,
     REPORT_FILE,
     OnnxRuntime,
-    fix_roi_pool_scales,
-    load_checkpoint_model,
     load_exported_model,
     load_exported_state_dict,
 )
+from segbench.models.checkpoint import load_model
 from segbench.models.segmenter import image_to_tensor
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -120,8 +119,7 @@ def test_export_writes_checked_files_and_report(exported):
 
 def test_exports_reload_and_match_pytorch_on_a_new_image(exported, tiny_ckpt):
     """Independent of the report: each file, loaded back, agrees with the checkpoint on an unseen size."""
-    model, _, _ = load_checkpoint_model(tiny_ckpt)
-    fix_roi_pool_scales(model)  # else this first image (resized to 44 x 64) would set wrong RoI scales
+    model, _, _ = load_model(tiny_ckpt)  # RoI scales set: else this 44 x 64 first image would set wrong ones
     rng = np.random.default_rng(5)
     x = image_to_tensor(rng.integers(0, 256, (50, 72, 3), dtype=np.uint8))
     with torch.inference_mode():
@@ -170,7 +168,7 @@ def test_exported_resize_matches_eager_pytorch_on_every_size(tmp_path):
     import onnxruntime as ort
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    from segbench.export import ExactResizeTransform
+    from segbench.models.transforms import ExactResizeTransform
 
     args = (64, 64, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     eager = GeneralizedRCNNTransform(*args).eval()

@@ -246,9 +246,9 @@ def test_schedule_by_time_decays_within_the_time_budget(synth_root, tmp_path, ca
 
 
 def test_channels_last_trains_and_its_checkpoint_is_an_ordinary_one(synth_root, tmp_path, capsys):
+    from segbench.models.checkpoint import read_checkpoint
     from segbench.models.maskrcnn import build_maskrcnn
     from segbench.models.module import MaskRCNNModule
-    from segbench.models.segmenter import load_checkpoint_file
 
     net = {"backbone": "resnet18_fpn", "weights": None, "min_size": 64, "max_size": 64}
     torch.manual_seed(0)
@@ -276,7 +276,7 @@ def test_channels_last_trains_and_its_checkpoint_is_an_ordinary_one(synth_root, 
     (run,) = run_dirs(tmp_path)
     m = json.loads((run / "metrics.json").read_text())
     assert m["global_step"] == 2 and 0 <= m["val"]["segm_AP"] <= 1  # evaluated from the checkpoint
-    state = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
+    state = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
     fresh = build_maskrcnn(num_classes=3, **{**net, "min_size": 96, "max_size": 96})
     fresh.load_state_dict({k[len("model.") :]: v for k, v in state.items()})
 

@@ -32,15 +32,15 @@ class Command:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
-        Command("train", "train", "segbench.training:train", "fine-tune Mask R-CNN on a COCO dataset (experiment=...)"),
-        Command("eval", "eval", "segbench.training:evaluate", "score a checkpoint on a split: metrics.json + COCO results"),
-        Command("compare", "compare", "segbench.report.cli_compare:compare", "score the model and the classical baselines on one split: leaderboard, plots, HTML report"),
-        Command("predict", "predict", "segbench.predict:predict_command", "predict images (file, folder, glob) with a checkpoint, an export or a baseline: COCO results + overlays"),
-        Command("export", "export", "segbench.export:export_command", "export a checkpoint to state_dict / TorchScript / ONNX, each checked against PyTorch"),
-        Command("score", "score", "segbench.commands:score", "score any COCO results JSON against a COCO ground truth"),
-        Command("data synth", "data_synth", "segbench.commands:data_synth", "write the embedded synthetic COCO dataset"),
-        Command("data stats", "data_stats", "segbench.commands:data_stats", "print per-split statistics of a dataset"),
-        Command("data check", "data_check", "segbench.commands:data_check", "check a dataset: every problem with ids and a fix hint (fix=true writes a corrected JSON)"),
+        Command("train", "train", "segbench.commands.train:run", "fine-tune Mask R-CNN on a COCO dataset (experiment=...)"),
+        Command("eval", "eval", "segbench.commands.eval:run", "score a checkpoint on a split: metrics.json + COCO results"),
+        Command("compare", "compare", "segbench.commands.compare:run", "score the model and the classical baselines on one split: leaderboard, plots, HTML report"),
+        Command("predict", "predict", "segbench.commands.predict:run", "predict images (file, folder, glob) with a checkpoint, an export or a baseline: COCO results + overlays"),
+        Command("export", "export", "segbench.commands.export:run", "export a checkpoint to state_dict / TorchScript / ONNX, each checked against PyTorch"),
+        Command("score", "score", "segbench.commands.score:run", "score any COCO results JSON against a COCO ground truth"),
+        Command("data synth", "data_synth", "segbench.commands.data:synth", "write the embedded synthetic COCO dataset"),
+        Command("data stats", "data_stats", "segbench.commands.data:stats", "print per-split statistics of a dataset"),
+        Command("data check", "data_check", "segbench.commands.data:check", "check a dataset: every problem with ids and a fix hint (fix=true writes a corrected JSON)"),
     ]
 }
 # fmt: on
@@ -50,18 +50,15 @@ class UsageError(Exception):
     pass
 
 
+#: Where Hydra finds segbench's own configs: the ``segbench.configs`` package (inside the wheel).
+CONFIG_MODULE = "segbench.configs"
+
+
 def config_dir() -> Path:
-    """The ``configs/`` folder: ``$SEGBENCH_CONFIG_DIR`` or the one beside ``src/``."""
-    env = os.environ.get("SEGBENCH_CONFIG_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "configs")
-    for c in candidates:
-        if (c / "train.yaml").is_file() or (c / "data_stats.yaml").is_file():
-            return c
-    raise UsageError(
-        "cannot find segbench's configs/ folder; install segbench from its repository (pip install -e .) "
-        "or set SEGBENCH_CONFIG_DIR"
-    )
+    """The folder of segbench's shipped configs (``segbench/configs`` inside the installed package)."""
+    from importlib.resources import files
+
+    return Path(str(files(CONFIG_MODULE)))
 
 
 def _now(fmt: str) -> str:
@@ -89,13 +86,13 @@ def _cpu_precision() -> str:
 def compose(config_name: str, overrides: list[str]):
     """Compose ``configs/<config_name>.yaml`` with overrides; raise UsageError with a readable message."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             _register_resolvers()
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
@@ -162,6 +159,32 @@ def _split_command(argv: list[str]) -> tuple[Command, list[str]]:
     raise UsageError(f"unknown command '{first}'. Commands: " + ", ".join(COMMANDS) + " (segbench --help)")
 
 
+def _config_dir_overrides(args: list[str]) -> list[str]:
+    """``--config-dir DIR`` (or ``--config-dir=DIR``, repeatable): add a folder of the user's own configs
+    (e.g. ``DIR/experiment/mine.yaml``) to Hydra's search path, after segbench's own. The same as the
+    override ``hydra.searchpath=[file://DIR]``."""
+    dirs, out, k = [], [], 0
+    while k < len(args):
+        a = args[k]
+        if a == "--config-dir":
+            if k + 1 >= len(args) or "=" in args[k + 1] or args[k + 1].startswith("--"):
+                raise UsageError("--config-dir needs a folder: --config-dir DIR")
+            dirs.append(args[k + 1])
+            k += 2
+            continue
+        if a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        else:
+            out.append(a)
+        k += 1
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise UsageError(f"--config-dir {d}: no such folder")
+    if dirs:
+        out.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in dirs) + "]")
+    return out
+
+
 def _load(target: str) -> Callable:
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
@@ -199,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cmd, rest = _split_command(argv)
+        rest = _config_dir_overrides(rest)
         flags = {a for a in rest if a.startswith("--")}
         overrides = [a for a in rest if not a.startswith("--")]
         unknown_flags = flags - {"--cfg", "--help", "-h"}

@@ -18,9 +18,9 @@
 
 Two torchvision behaviours are corrected before exporting, so that the exports give the checkpoint's
 eager-PyTorch results for every input size: the scripted / traced resize computes its scale in float32
-and often resizes to one pixel less than eager PyTorch (:class:`ExactResizeTransform` computes it in
+and often resizes to one pixel less than eager PyTorch (:class:`~segbench.models.transforms.ExactResizeTransform` computes it in
 float64), and the RoI poolers' feature-map scales, which torchvision infers from the first image it sees
-and then keeps, are set from an exact input (:func:`fix_roi_pool_scales`).
+and then keeps, are set from an exact input (:func:`~segbench.models.transforms.fix_roi_pool_scales`).
 
 Each file is written under a temporary name, loaded back by its own runtime and compared with the
 PyTorch model on a few images (a blank one, one with many objects, a noise image, each of another size,
@@ -32,7 +32,6 @@ a format that fails to export or to match is reported as failed and leaves no fi
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import os
@@ -42,16 +41,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple  # noqa: UP035 - TorchScript needs typing's generics
 
 import numpy as np
 import torch
 import torchvision
 from scipy.optimize import linear_sum_assignment
-from torch import Tensor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, _get_shape_onnx
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from segbench.models.segmenter import fix_roi_pool_scales
+from segbench.io import to_jsonable
+from segbench.models.checkpoint import build_from_state_dict, load_model, read_weights
+from segbench.models.transforms import ExactResizeTransform
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
@@ -61,18 +60,14 @@ __all__ = [
     "FILES",
     "FORMATS",
     "REPORT_FILE",
-    "ExactResizeTransform",
     "OnnxRuntime",
     "TorchRuntime",
     "TorchScriptRuntime",
     "Tolerances",
     "compare_outputs",
     "exportable_model",
-    "fix_roi_pool_scales",
     "export_checkpoint",
-    "export_command",
     "format_report_table",
-    "load_checkpoint_model",
     "load_exported_model",
     "load_exported_state_dict",
     "read_model_card",
@@ -120,75 +115,8 @@ class Tolerances:
 # --------------------------------------------------------------------------------------------------
 # The model and its card
 # --------------------------------------------------------------------------------------------------
-def build_kwargs_from_meta(meta: dict) -> dict:
-    """Every keyword argument of ``build_maskrcnn`` for the architecture a checkpoint records.
-
-    ``weights`` becomes ``None`` (the weights come from the file) and ``norm_layer`` is made explicit
-    (``None`` means batch norm when trained from scratch, frozen batch norm when started from weights),
-    so that ``build_maskrcnn(**kwargs)`` rebuilds exactly the trained layers. ``trainable_backbone_layers``
-    (which only sets ``requires_grad``) is dropped to its default.
-    """
-    from segbench.models.maskrcnn import build_maskrcnn
-
-    params = inspect.signature(build_maskrcnn).parameters
-    kwargs = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
-    net = dict(meta.get("net") or {})
-    unknown = sorted(set(net) - set(params))
-    if unknown:
-        raise SegbenchError(
-            f"the checkpoint records model options {unknown} that this segbench's build_maskrcnn does not know; "
-            "export it with the segbench version that trained it"
-        )
-    kwargs.update(net)
-    trained_from = kwargs.get("weights")
-    if kwargs.get("norm_layer") is None:
-        kwargs["norm_layer"] = "batchnorm" if trained_from is None else "frozen_batchnorm"
-    kwargs["weights"] = None
-    kwargs["trainable_backbone_layers"] = None
-    kwargs["num_classes"] = int(meta["num_classes"])
-    return _jsonable(kwargs)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-def load_checkpoint_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict, dict]:
-    """Rebuild the Mask R-CNN of a segbench checkpoint (eval mode, CPU).
-
-    Returns
-    -------
-    model, meta, build
-        The torchvision ``MaskRCNN``, the checkpoint's ``segbench`` metadata and the
-        :func:`build_kwargs_from_meta` that rebuild it.
-    """
-    from segbench.models.maskrcnn import build_maskrcnn
-    from segbench.models.segmenter import load_checkpoint_file
-
-    ckpt = load_checkpoint_file(path)
-    meta = ckpt["segbench"]
-    build = build_kwargs_from_meta(meta)
-    model = build_maskrcnn(**build)
-    sd = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise SegbenchError(
-            f"{path}: the weights do not fit the recorded architecture {build.get('backbone')}: "
-            f"{str(e).splitlines()[0][:300]}"
-        ) from None
-    return model.eval(), meta, build
-
-
 def model_card(model: torch.nn.Module, meta: dict, build: dict, *, source: str) -> dict:
     """The ``model.json`` content for a model rebuilt from checkpoint metadata ``meta``."""
-    import torchvision
 
     t = model.transform
     min_size = list(t.min_size) if isinstance(t.min_size, (list, tuple)) else [t.min_size]
@@ -197,7 +125,7 @@ def model_card(model: torch.nn.Module, meta: dict, build: dict, *, source: str) 
     label_to_cat_id = {int(k): int(v) for k, v in (meta.get("label_to_cat_id") or {}).items()}
     if not label_to_cat_id:
         label_to_cat_id = {i + 1: i + 1 for i in range(len(class_names))}
-    return _jsonable(
+    return to_jsonable(
         {
             "format": CARD_FORMAT,
             "version": 1,
@@ -241,11 +169,7 @@ def load_exported_state_dict(directory: str | os.PathLike) -> tuple[torch.nn.Mod
 
 
 def _model_from_state_dict_file(card: dict, weights: Path) -> torch.nn.Module:
-    from segbench.models.maskrcnn import build_maskrcnn
-
-    model = build_maskrcnn(**card["build"])
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return fix_roi_pool_scales(model.eval())
+    return build_from_state_dict(card["build"], read_weights(weights, key="model"), where=str(weights))
 
 
 def read_model_card(path: str | os.PathLike) -> dict:
@@ -271,50 +195,6 @@ def _check_card(card, where: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 # The resize step, made to agree with eager PyTorch
 # --------------------------------------------------------------------------------------------------
-def _traced_size(size: Tensor) -> list[int]:
-    # Tracing records the tensor elements as dynamic sizes; TorchScript only needs the declared type.
-    return [size[0], size[1]]  # type: ignore[list-item]
-
-
-# TorchScript reads an unused function's signature from real annotations, not the strings that
-# ``from __future__ import annotations`` leaves.
-_traced_size.__annotations__ = {"size": Tensor, "return": List[int]}  # noqa: UP006
-_traced_size = torch.jit.unused(_traced_size)
-
-
-class ExactResizeTransform(GeneralizedRCNNTransform):
-    """torchvision's ``GeneralizedRCNNTransform`` whose resize computes the new size as eager PyTorch does.
-
-    In eager mode torchvision computes the resize scale in Python (float64); when scripted or traced
-    it computes it in float32 tensors, so for many image sizes the scripted / ONNX model resizes to one
-    pixel less than the eager model (e.g. a 31 x 30 image at ``min_size = max_size = 64``: 63 x 61
-    instead of 64 x 61) and its detections differ. Here the scale and the new size are computed in
-    float64 in every mode (1-D tensors, so that the ONNX exporter keeps them double) and passed to
-    ``interpolate`` as a size, which samples exactly as eager ``recompute_scale_factor=True`` does.
-    Inference only (used for exports).
-    """
-
-    def resize(
-        self,
-        image: Tensor,
-        target: Optional[Dict[str, Tensor]] = None,  # noqa: UP006, UP045 - TorchScript reads these
-    ) -> Tuple[Tensor, Optional[Dict[str, Tensor]]]:  # noqa: UP006, UP045
-        if torchvision._is_tracing():
-            shape = _get_shape_onnx(image).to(torch.float64)
-        else:
-            shape = torch.tensor(image.shape[-2:], dtype=torch.float64)
-        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
-        extremes = torch.stack([shape.min(), shape.max()])
-        scale = torch.min(limits / extremes, dim=0, keepdim=True)[0]
-        new = torch.floor(shape * scale).to(torch.int64)
-        if torchvision._is_tracing():
-            size = _traced_size(new)
-        else:
-            size = [int(new[0].item()), int(new[1].item())]
-        out = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
-        return out[0], target
-
-
 def exportable_model(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` (eval mode) whose resize step is :class:`ExactResizeTransform`.
 
@@ -756,12 +636,11 @@ def export_checkpoint(
     tol = tolerances or Tolerances()
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise SegbenchError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
-    from segbench.eval.runner import write_json
+    from segbench.io import write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta, build = load_checkpoint_model(ckpt_path)
-    fix_roi_pool_scales(model)
+    model, meta, build = load_model(ckpt_path)
     card = model_card(model, meta, build, source=str(ckpt_path))
     if check_size is None:  # the model resizes to min_size itself: smaller inputs only make smaller masks
         check_size = 256 if card["image"]["keep_size"] else min(int(card["image"]["min_size"][0]), 320)
@@ -872,30 +751,3 @@ def format_report_table(report: dict) -> str:
         if e["status"] != "ok":
             rows.append(f"{fmt} FAILED: {e['error']}")
     return "\n".join(rows)
-
-
-def export_command(cfg) -> int:
-    """Export a checkpoint to state_dict / TorchScript / ONNX and check each file against PyTorch.
-
-    Keys: ckpt_path, out, formats (list of state_dict, torchscript, onnx), opset (>= 17),
-    tolerances.{box,score,mask}, check_size, check_images (extra image files), timing_runs, keep_failed.
-    Exit status 1 when a format failed (its file is not left behind); the others are still written.
-    """
-    tol = dict(cfg.get("tolerances") or {})
-    unknown = sorted(set(tol) - {"box", "score", "mask"})
-    if unknown:
-        raise SegbenchError(f"unknown tolerance(s) {unknown}; the tolerances are box, score and mask")
-    report = export_checkpoint(
-        cfg.ckpt_path,
-        cfg.out,
-        formats=list(cfg.formats) if not isinstance(cfg.formats, str) else cfg.formats,
-        tolerances=Tolerances(**{k: float(v) for k, v in tol.items()}),
-        opset=int(cfg.get("opset", MIN_OPSET)),
-        check_size=cfg.get("check_size"),
-        check_images=list(cfg.get("check_images") or []),
-        timing_runs=int(cfg.get("timing_runs", 1)),
-        keep_failed=bool(cfg.get("keep_failed", False)),
-    )
-    print(format_report_table(report))
-    print(f"wrote {Path(cfg.out) / CARD_FILE} and {Path(cfg.out) / REPORT_FILE}")
-    return 0 if report["ok"] else 1

@@ -36,7 +36,6 @@ __all__ = [
     "collect_images",
     "draw_overlay",
     "load_predictor",
-    "predict_command",
     "predict_images",
 ]
 
@@ -188,10 +187,9 @@ def load_predictor(
             f"or method=NAME [baseline_params=FILE] (a baseline); got {', '.join(given) or 'none'}"
         )
     if ckpt_path:
-        from segbench.models.segmenter import MaskRCNNSegmenter, fix_roi_pool_scales
+        from segbench.models.segmenter import MaskRCNNSegmenter
 
         seg, meta = MaskRCNNSegmenter.from_checkpoint(ckpt_path, score_threshold=0.0, device=device)
-        fix_roi_pool_scales(seg.model)  # as in the exports, whatever size the first image has
         seg.mask_threshold = _mask_threshold(meta, mask_threshold)
         cats, l2c = _categories_from(meta)
         return Predictor(seg.predict_batch, cats, l2c, f"checkpoint {ckpt_path}")
@@ -326,7 +324,7 @@ def predict_images(
 
     from segbench.data.coco import read_image
     from segbench.eval.metrics import instances_to_results
-    from segbench.eval.runner import write_json
+    from segbench.io import write_json
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SegbenchError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -395,40 +393,3 @@ def predict_images(
     write_json(out / "categories.json", predictor.categories)
     write_json(out / "summary.json", summary)
     return summary
-
-
-def predict_command(cfg) -> int:
-    """Predict images (a file, a folder or a glob) with a checkpoint, an export or a baseline.
-
-    Keys: input, output, ckpt_path | exported (a .onnx / TorchScript file from `segbench export`) |
-    method + baseline_params (a baseline), score_threshold (0.5), mask_threshold (null: the model's),
-    batch_size, save_overlays, save_masks, device, progress.
-    Writes predictions.json (COCO results), images.json, categories.json, summary.json, overlays/, masks/.
-    """
-    predictor = load_predictor(
-        ckpt_path=cfg.get("ckpt_path"),
-        exported=cfg.get("exported"),
-        method=cfg.get("method"),
-        baseline_params=cfg.get("baseline_params"),
-        mask_threshold=cfg.get("mask_threshold"),
-        device=cfg.get("device", "cpu"),
-    )
-    s = predict_images(
-        predictor,
-        cfg.input,
-        cfg.output,
-        score_threshold=float(cfg.score_threshold),
-        batch_size=int(cfg.batch_size),
-        save_overlays=bool(cfg.save_overlays),
-        save_masks=bool(cfg.save_masks),
-        progress=bool(cfg.get("progress", True)),
-    )
-    skipped = s["skipped"]
-    line = f"processed {s['processed']} image(s), skipped {len(skipped)}"
-    if skipped:
-        line += (
-            " (" + ", ".join(x["file"] for x in skipped[:10]) + (", ..." if len(skipped) > 10 else "") + ")"
-        )
-    print(f"{line}; {s['detections']} detection(s) with score >= {s['score_threshold']}")
-    print(f"wrote {Path(cfg.output) / 'predictions.json'} (+ images.json, categories.json, overlays/)")
-    return 0

@@ -17,14 +17,13 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from segbench.baselines import postprocess as pp
-from segbench.eval.metrics import matching_scores
 from segbench.types import Instances
 
 logger = logging.getLogger(__name__)
@@ -40,6 +39,12 @@ DEFAULT_MIN_DISTANCE = 7
 # --------------------------------------------------------------------------------------------------
 # Option checks (errors name the option, the value received and the valid choices)
 # --------------------------------------------------------------------------------------------------
+#: Scores a fit candidate: ``scorer(targets, predictions) -> float``, higher is better. The baselines sit
+#: below :mod:`segbench.eval` and never import it: the caller passes one in (``compare`` passes
+#: :func:`segbench.eval.metrics.f1_scorer`, F1 of one-to-one matching at mask IoU 0.5).
+Scorer = Callable[[Sequence[Instances], Sequence[Instances]], float]
+
+
 def check_choice(option: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else a ValueError naming all three."""
     if not isinstance(value, str) or value not in choices:
@@ -187,8 +192,8 @@ class BaseSegmenter(ABC):
         ``0.5 x`` the 2nd percentile of the training objects' areas; before fitting 16.
     split_touching : bool or None
         Split touching objects with a distance-transform watershed. ``None``: fitted (both tried on
-        up to ``n_fit_images`` training images; splitting is kept only if its F1 at IoU 0.5 is
-        higher); before fitting ``False``.
+        up to ``n_fit_images`` training images; splitting is kept only if the fit's scorer — F1 at IoU
+        0.5 in ``compare`` — is higher); before fitting ``False``.
     min_distance : int or None
         Smallest distance between two split markers (pixels). ``None``: fitted as 0.7 x the median
         equivalent radius of the training objects (at least 2); before fitting 7.
@@ -298,13 +303,14 @@ class BaseSegmenter(ABC):
         return pp.instances_from_labels(labels, n, scores, max_instances=self.max_instances)
 
     # -- fitting ----------------------------------------------------------------------------------
-    def fit(self, images: Iterable[np.ndarray], targets: Iterable[Instances]) -> BaseSegmenter:
+    def fit(
+        self, images: Iterable[np.ndarray], targets: Iterable[Instances], *, scorer: Scorer | None = None
+    ) -> BaseSegmenter:
         """Choose the free options left at ``"auto"`` / ``None`` from training images and ground truth.
 
         Steps, in order: polarity; minimum area and marker distance (from the ground-truth areas);
-        the method's own choices (see the subclass); whether to split touching objects (F1 at IoU
-        0.5 with and without, via :func:`segbench.eval.metrics.matching_scores`, on the first
-        ``n_fit_images`` images). Options given explicitly are kept.
+        the method's own choices (see the subclass); whether to split touching objects (``scorer`` with
+        and without, on the first ``n_fit_images`` images). Options given explicitly are kept.
 
         Parameters
         ----------
@@ -312,6 +318,9 @@ class BaseSegmenter(ABC):
             The training split only.
         targets : iterable of Instances
             Ground truth of the same images, in the same order.
+        scorer : callable, optional
+            ``scorer(targets, predictions) -> float`` (higher is better), e.g.
+            :func:`segbench.eval.metrics.f1_scorer`. Needed when ``split_touching`` is left to the fit.
 
         Returns
         -------
@@ -345,10 +354,15 @@ class BaseSegmenter(ABC):
         all_areas = np.concatenate(areas) if areas else np.zeros(0)
         all_areas = all_areas[all_areas > 0]
 
+        if self.split_touching is None and scorer is None:
+            raise ValueError(
+                "split_touching=None is fitted by scoring both choices: pass scorer= (e.g. "
+                "segbench.eval.metrics.f1_scorer) or set split_touching=true/false"
+            )
         previous = self.fitted_
         self.fitted_ = fitted = {}  # filled step by step: later steps predict with earlier choices
         try:
-            self._fit_steps(fitted, rgbs, greys, unions, all_areas, targets)
+            self._fit_steps(fitted, rgbs, greys, unions, all_areas, targets, scorer)
         except BaseException:
             self.fitted_ = previous
             raise
@@ -367,6 +381,7 @@ class BaseSegmenter(ABC):
         unions: list[np.ndarray],
         all_areas: np.ndarray,
         targets: list[Instances],
+        scorer: Scorer | None,
     ) -> None:
         if self.polarity == "auto":
             pol = _fit_polarity(greys, unions)
@@ -389,15 +404,15 @@ class BaseSegmenter(ABC):
 
         if self.split_touching is None:
             gts = [targets[i] for i in first]
-            f1 = {}
+            score = {}
             for split in (False, True):
                 preds = [
                     self._predict(a, rgbs[i].shape[:2], split=split)
                     for i, a in zip(first, analyses, strict=True)
                 ]
-                f1[split] = float(matching_scores(gts, preds, iou_threshold=0.5)["f1"])
-            fitted["split_touching"] = bool(f1[True] > f1[False])
-            fitted["split_f1"] = {"no_split": f1[False], "split": f1[True]}
+                score[split] = float(scorer(gts, preds))
+            fitted["split_touching"] = bool(score[True] > score[False])
+            fitted["split_score"] = {"no_split": score[False], "split": score[True]}
 
     # -- parameters -------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:

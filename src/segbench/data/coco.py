@@ -11,15 +11,15 @@ awkward parts of real exports:
   :attr:`CocoDataset.label_to_cat_id` maps them back when results are written;
 * images without annotations are kept (negatives);
 * greyscale, RGBA, palette and 16-bit images become RGB uint8; EXIF orientation is applied;
-* boxes and polygons partly outside the image are clipped; degenerate annotations (no area, fewer than
-  3 points, entirely outside the image, unknown category or image) are dropped, counted and logged once
-  with their ids;
+* boxes and polygons partly outside the image are clipped; annotations no mask can be made of (no area,
+  fewer than 3 points, entirely outside the image, unknown category or image...: the rules of
+  :mod:`segbench.data.annotations`) are dropped, counted under their problem kind and logged once with
+  their ids;
 * a ``file_name`` that escapes the image folder (absolute path, ``..``) is refused.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter, defaultdict
@@ -30,7 +30,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from segbench.types import Instances, SegbenchError, masks_to_boxes
+from segbench.data.annotations import (
+    KINDS,
+    check_annotation,
+    decode_annotation,
+    document_problem,
+    reference_problem,
+)
+from segbench.io import read_json
+from segbench.types import Instances, SegbenchError
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +138,17 @@ def safe_join(root: Path, file_name: str, *, where: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class DropReport:
-    """Annotations dropped while indexing or decoding, by reason: ``{reason: [annotation ids]}``."""
+    """Annotations dropped while indexing, by problem kind: ``{kind: [annotation ids]}``.
+
+    The kinds are those of :data:`segbench.data.annotations.KINDS` (the doctor reports the same names).
+    """
 
     by_reason: dict[str, list] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, reason: str, ann_id) -> None:
-        self.by_reason[reason].append(ann_id)
+    def add(self, kind: str, ann_id) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown problem kind {kind!r}; the kinds are the keys of KINDS")
+        self.by_reason[kind].append(ann_id)
 
     @property
     def total(self) -> int:
@@ -143,85 +156,10 @@ class DropReport:
 
     def summary(self, limit: int = 10) -> str:
         parts = []
-        for reason, ids in sorted(self.by_reason.items()):
+        for kind, ids in sorted(self.by_reason.items()):
             shown = ", ".join(str(i) for i in ids[:limit]) + (", ..." if len(ids) > limit else "")
-            parts.append(f"{len(ids)} {reason} (ids {shown})")
+            parts.append(f"{len(ids)} {kind} (ids {shown})")
         return "; ".join(parts)
-
-
-def _polygon_parts(seg: list) -> tuple[list[list[float]], str | None]:
-    """Valid parts of a polygon segmentation and, when none is left, why."""
-    if seg and all(isinstance(v, int | float) for v in seg):  # a single flat polygon
-        seg = [seg]
-    parts = []
-    reason = "polygon with fewer than 3 points"
-    for part in seg:
-        if not isinstance(part, list | tuple) or not all(isinstance(v, int | float) for v in part):
-            reason = "malformed polygon"
-            continue
-        if len(part) % 2:
-            reason = "polygon with an odd number of coordinates"
-            continue
-        if len(part) < 6:
-            continue
-        parts.append([float(v) for v in part])
-    return parts, (None if parts else reason)
-
-
-def _polygon_area(part: list[float]) -> float:
-    xy = np.asarray(part, dtype=np.float64).reshape(-1, 2)
-    x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
-def _check_annotation(ann: dict, h: int, w: int) -> str | None:
-    """Why an annotation is unusable (without decoding it), or None if it is fine."""
-    seg = ann.get("segmentation")
-    if isinstance(seg, dict):
-        size = seg.get("size")
-        if not (isinstance(size, list | tuple) and len(size) == 2):
-            return "RLE without a valid size"
-        if [int(size[0]), int(size[1])] != [h, w]:
-            return "RLE size different from the image size"
-        if "counts" not in seg:
-            return "RLE without counts"
-        return None
-    if isinstance(seg, list) and seg:
-        parts, reason = _polygon_parts(seg)
-        if reason:
-            return reason
-        xy = np.concatenate([np.asarray(p).reshape(-1, 2) for p in parts])
-        if xy[:, 0].max() <= 0 or xy[:, 1].max() <= 0 or xy[:, 0].min() >= w or xy[:, 1].min() >= h:
-            return "polygon entirely outside the image"
-        if sum(_polygon_area(p) for p in parts) <= 0:
-            return "polygon with zero area"
-        return None
-    # No segmentation: fall back to the box.
-    bbox = ann.get("bbox")
-    if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
-        return "no segmentation and no valid bbox"
-    x, y, bw, bh = (float(v) for v in bbox)
-    if bw <= 0 or bh <= 0:
-        return "box of zero or negative size"
-    if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
-        return "box entirely outside the image"
-    return None
-
-
-def decode_annotation(ann: dict, h: int, w: int) -> dict:
-    """One annotation's mask as a compressed RLE of size (h, w); polygons are clipped to the image."""
-    seg = ann.get("segmentation")
-    if isinstance(seg, dict):
-        if isinstance(seg.get("counts"), list):
-            return mask_utils.frPyObjects(seg, h, w)
-        counts = seg["counts"]
-        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    if isinstance(seg, list) and seg:
-        parts, _ = _polygon_parts(seg)
-        return mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
-    x, y, bw, bh = (float(v) for v in ann["bbox"])
-    box = [max(x, 0.0), max(y, 0.0), min(x + bw, w) - max(x, 0.0), min(y + bh, h) - max(y, 0.0)]
-    return mask_utils.frPyObjects(np.asarray([box], dtype=np.float64), h, w)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,20 +175,13 @@ class Sample:
     file_name: str
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise SegbenchError(f"annotation file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise SegbenchError(f"{path} is not valid JSON ({e}); re-export the annotations") from None
-    except UnicodeDecodeError as e:
-        raise SegbenchError(f"{path} is not a UTF-8 text file ({e}); is it really a COCO JSON?") from None
-    if not isinstance(data, dict):
-        raise SegbenchError(
-            f"{path}: a COCO file is a JSON object with 'images', 'annotations', 'categories'"
-        )
+def read_coco_json(path: str | os.PathLike) -> dict:
+    """Read a COCO instances JSON (a UTF-8 byte-order mark is fine); a :class:`SegbenchError` naming the
+    file and the fix when it is missing, not JSON or not a COCO object."""
+    data = read_json(path, what="COCO annotation file", hint="re-export the annotations")
+    problem = document_problem(data)
+    if problem is not None:
+        raise SegbenchError(f"{path}: {problem.message}")
     return data
 
 
@@ -290,7 +221,7 @@ class CocoDataset:
     ) -> None:
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root) if image_root is not None else default_image_root(self.ann_file)
-        data = _load_json(self.ann_file)
+        data = read_coco_json(self.ann_file)
         self._index(data)
         if check_files:
             missing = [im["file_name"] for im in self.images if not self.image_path(im).is_file()]
@@ -305,12 +236,7 @@ class CocoDataset:
     # -- indexing ---------------------------------------------------------------------------------
     def _index(self, data: dict) -> None:
         src = self.ann_file
-        for key in ("images", "categories"):
-            if key not in data or not isinstance(data[key], list):
-                raise SegbenchError(f"{src}: missing the '{key}' list; is this a COCO instances file?")
         anns = data.get("annotations", [])
-        if not isinstance(anns, list):
-            raise SegbenchError(f"{src}: 'annotations' must be a list")
         cats = []
         for c in data["categories"]:
             if not isinstance(c, dict) or "id" not in c:
@@ -359,32 +285,33 @@ class CocoDataset:
         for ann in anns:
             aid = ann.get("id") if isinstance(ann, dict) else None
             if not isinstance(ann, dict):
-                self.dropped.add("malformed annotation", aid)
+                self.dropped.add("malformed_entry", aid)
                 continue
             if aid in seen_ann:
-                self.dropped.add("duplicate annotation id", aid)
+                self.dropped.add("duplicate_ann_id", aid)
                 continue
             seen_ann.add(aid)
-            if ann.get("image_id") not in self._pos:
-                self.dropped.add("annotation of an unknown image id", aid)
-                continue
-            if ann.get("category_id") not in self.cat_id_to_label:
-                self.dropped.add("annotation of an unknown category id", aid)
+            problem = reference_problem(ann, self._pos, self.cat_id_to_label)
+            if problem is not None:
+                self.dropped.add(problem.kind, aid)
                 continue
             im = self.images[self._pos[ann["image_id"]]]
             if im["height"] is None or im["width"] is None:
                 h, w = image_size_from_header(self.image_path(im))
                 im["height"], im["width"] = h, w
-            reason = _check_annotation(ann, int(im["height"]), int(im["width"]))
-            if reason:
-                self.dropped.add(reason, aid)
+            unusable = check_annotation(ann, int(im["height"]), int(im["width"]), decode=False).unusable
+            if unusable is not None:
+                self.dropped.add(unusable.kind, aid)
                 continue
             per_image[ann["image_id"]].append(ann)
         self._anns = [per_image.get(im["id"], []) for im in self.images]
         self.num_annotations = sum(len(a) for a in self._anns)
         if self.dropped.total:
             log.warning(
-                "%s: dropped %d annotation(s): %s", src.name, self.dropped.total, self.dropped.summary()
+                "%s: dropped %d annotation(s): %s (`segbench data check` says why, with the fix)",
+                src.name,
+                self.dropped.total,
+                self.dropped.summary(),
             )
 
     # -- access -----------------------------------------------------------------------------------
@@ -398,9 +325,6 @@ class CocoDataset:
     def image_path(self, im: dict | int) -> Path:
         im = self.images[im] if isinstance(im, int) else im
         return safe_join(self.image_root, im["file_name"], where=f"{self.ann_file}: image id {im['id']}")
-
-    def image_info(self, i: int) -> dict:
-        return self.images[i]
 
     def annotations(self, i: int) -> list[dict]:
         """The raw (kept) COCO annotations of image ``i``."""
@@ -435,14 +359,13 @@ class CocoDataset:
                 if ann.get("id") not in self._empty_logged:
                     self._empty_logged.add(ann.get("id"))
                     log.warning(
-                        "%s: annotation id %s of image id %s has an empty mask after clipping; dropped",
+                        "%s: annotation id %s of image id %s has an empty mask after clipping (empty_mask); "
+                        "dropped",
                         self.ann_file.name,
                         ann.get("id"),
                         ann["image_id"],
                     )
                 continue
-            if isinstance(rle["counts"], bytes):
-                rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
             rles.append(rle)
             labels.append(self.cat_id_to_label[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))
@@ -480,23 +403,6 @@ class CocoDataset:
             file_name=im["file_name"],
         )
 
-    def subset_ids(self) -> list:
-        return [im["id"] for im in self.images]
-
-    def coco_gt(self) -> dict:
-        """The (kept) ground truth as a COCO dict, with original ids, for evaluation."""
-        anns = []
-        for lst in self._anns:
-            for a in lst:
-                b = dict(a)
-                b.setdefault("iscrowd", 0)
-                anns.append(b)
-        images = []
-        for i, im in enumerate(self.images):
-            h, w = self.image_size(i)
-            images.append({"id": im["id"], "file_name": im["file_name"], "height": h, "width": w})
-        return {"images": images, "annotations": anns, "categories": self.categories}
-
     def __repr__(self) -> str:
         return (
             f"CocoDataset({str(self.ann_file)!r}, images={len(self)}, annotations={self.num_annotations}, "
@@ -504,9 +410,8 @@ class CocoDataset:
         )
 
 
-def instances_mask_boxes(inst: Instances) -> np.ndarray:
-    """Tight boxes of an instance set computed from its masks (helper for checks)."""
-    return masks_to_boxes(inst.get_masks())
+class MissingSplitError(SegbenchError):
+    """A dataset folder has no annotation file for the split asked for."""
 
 
 def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -545,12 +450,39 @@ def resolve_split(
     ann, images = split_paths(root, split)
     if not ann.is_file():
         have = sorted(p.name for p in (Path(root) / "annotations").glob("*.json"))
-        raise SegbenchError(
+        raise MissingSplitError(
             f"no annotations for split '{split}': {ann} does not exist"
             + (f" (found: {', '.join(have)})" if have else "")
             + ". Name the JSON instances_<split>.json or pass it with data.<split>_ann=FILE."
         )
     return ann, Path(image_root) if image_root else images
+
+
+def resolve_splits(
+    root: str | os.PathLike | None,
+    splits: list[str],
+    *,
+    sources: dict[str, dict] | None = None,
+) -> dict[str, tuple[Path, Path]]:
+    """:func:`resolve_split` for each of ``splits``, skipping (with a log line) those the folder does not
+    have when several are asked for; an error when none is there.
+
+    ``sources`` maps a split to its explicit ``ann_file`` / ``image_root`` keyword arguments."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for split in splits:
+        try:
+            found[split] = resolve_split(root, split, **(sources or {}).get(split, {}))
+        except MissingSplitError as e:
+            if len(splits) == 1:
+                raise
+            log.info("skipping split %s: %s", split, e)
+    if not found:
+        raise SegbenchError(
+            f"no split of {splits} found under data.root={root}: expected "
+            f"{Path(str(root)) / 'annotations' / 'instances_<split>.json'} (e.g. instances_{splits[0]}.json); "
+            "name the JSON files that way or pass data.<split>_ann=FILE"
+        )
+    return found
 
 
 def open_split(

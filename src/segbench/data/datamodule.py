@@ -30,20 +30,19 @@ log = logging.getLogger(__name__)
 
 
 def build_transforms(specs: Sequence[Any] | None):
-    """An ``albumentations.Compose`` from a list of transforms (already instantiated, or Hydra configs)."""
+    """An ``albumentations.Compose`` of instantiated albumentations transforms (Hydra instantiates the
+    ``data.train_transforms`` entries before they get here)."""
     import albumentations as A
 
     if not specs:
         return None
-    items = []
-    for s in specs:
-        if isinstance(s, A.BasicTransform | A.BaseCompose):
-            items.append(s)
-        else:
-            from hydra.utils import instantiate
-
-            items.append(instantiate(s))
-    return A.Compose(items)
+    for k, s in enumerate(specs):
+        if not isinstance(s, A.BasicTransform | A.BaseCompose):
+            raise SegbenchError(
+                f"data.train_transforms[{k}] is a {type(s).__name__}, not an albumentations transform; each "
+                "entry needs a _target_ such as albumentations.HorizontalFlip"
+            )
+    return A.Compose(list(specs))
 
 
 def _random_window(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:

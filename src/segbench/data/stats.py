@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from segbench.data.coco import CocoDataset, decode_annotation
+from segbench.data.annotations import decode_annotation
+from segbench.data.coco import CocoDataset
 
 #: COCO's size classes (pixel areas)
 SMALL, MEDIUM = 32**2, 96**2
@@ -22,7 +23,7 @@ def dataset_stats(ds: CocoDataset) -> dict:
         ``images``, ``negatives`` (images without objects), ``instances``, ``crowd``,
         ``per_class`` {name: count}, ``per_image`` {min, median, max, mean}, ``sizes``
         {small, medium, large} (COCO: area < 32², < 96², larger), ``image_sizes`` {min, max} as HxW,
-        ``dropped`` {reason: count}.
+        ``dropped`` {problem kind: count} (the loader's, see :mod:`segbench.data.annotations`).
     """
     per_class: Counter = Counter()
     counts, sizes = [], Counter()

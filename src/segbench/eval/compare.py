@@ -33,29 +33,14 @@ import numpy as np
 
 from segbench.baselines import BASELINES, BaseSegmenter, build_baseline, load_baseline
 from segbench.data.coco import CocoDataset
-from segbench.eval.metrics import Evaluator, coco_evaluate, pr_curve, summarize_matches
-from segbench.eval.runner import evaluate_segmenter, write_json
+from segbench.eval.metrics import Evaluator, coco_evaluate, f1_scorer, pr_curve, summarize_matches
+from segbench.eval.runner import evaluate_segmenter
 from segbench.types import Instances, SegbenchError
 
 log = logging.getLogger(__name__)
 
 #: The name of the learned model among the methods.
 MODEL = "maskrcnn"
-#: The leaderboard's columns: (key, header, description). Segm AP columns are class-agnostic.
-LEADERBOARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("AP", "segm AP", "class-agnostic COCO mask AP, IoU 0.50:0.95"),
-    ("AP50", "AP50", "class-agnostic mask AP at IoU 0.50"),
-    ("AP75", "AP75", "class-agnostic mask AP at IoU 0.75"),
-    ("APs", "AP small", "class-agnostic mask AP, objects < 32x32 px"),
-    ("APm", "AP medium", "class-agnostic mask AP, objects 32x32 to 96x96 px"),
-    ("APl", "AP large", "class-agnostic mask AP, objects > 96x96 px"),
-    ("AP_class_aware", "segm AP (classes)", "class-aware COCO mask AP (the model only)"),
-    ("f1", "F1@0.5", "F1 of one-to-one matching at mask IoU 0.5"),
-    ("pq", "PQ", "panoptic quality (class-agnostic) at IoU 0.5"),
-    ("fg_iou", "fg IoU", "IoU of the union of predicted and of true masks"),
-    ("fg_dice", "Dice", "Dice of the union of predicted and of true masks"),
-    ("ms_per_image", "ms/image", "prediction time per image (milliseconds, after one warm-up image)"),
-)
 _AGNOSTIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -102,6 +87,22 @@ def check_methods(methods: Sequence[str] | str | None, *, has_model: bool) -> li
     out = list(dict.fromkeys(names))
     if not out:
         raise SegbenchError(f"methods is empty; choose from {', '.join(valid_methods())}")
+    return out
+
+
+def setup_warnings(
+    methods: Sequence[str], *, has_model: bool, split: str, fit_split: str, params_dir: str | None
+) -> list[str]:
+    """What is odd about a comparison's set-up: a checkpoint that is not scored, baselines fitted on the
+    images they are scored on."""
+    out = []
+    if has_model and MODEL not in methods:
+        out.append(f"ckpt_path is set but methods does not include '{MODEL}': the model is not scored")
+    if any(m != MODEL for m in methods) and not params_dir and fit_split == split:
+        out.append(
+            f"fit_split and split are both '{split}': the baselines are fitted on the images they are scored "
+            "on, which flatters them; fit on the training split instead"
+        )
     return out
 
 
@@ -203,7 +204,7 @@ def prepare_baselines(
     log.info("fitting %d baseline(s) on %d images of %s", len(built), len(idx), fit_dataset.ann_file)
     for name, seg in built.items():
         try:
-            seg.fit(images, targets)
+            seg.fit(images, targets, scorer=f1_scorer)
         except (TypeError, ValueError) as e:
             raise SegbenchError(f"fitting baseline '{name}' on {fit_dataset.ann_file} failed: {e}") from None
     return built
@@ -291,7 +292,7 @@ def evaluate_method(
 
 
 def leaderboard_rows(results: Mapping[str, MethodResult] | Sequence[MethodResult]) -> list[dict]:
-    """One row per method (keys of :data:`LEADERBOARD_COLUMNS` plus ``method``, ``kind``,
+    """One row per method (keys of :data:`segbench.report.tables.LEADERBOARD_COLUMNS` plus ``method``, ``kind``,
     ``per_class_AP``, ``precision``, ``recall``, ``num_pred``, ``score_threshold``), best class-agnostic
     segm AP first (methods without an AP last)."""
     items = list(results.values()) if isinstance(results, Mapping) else list(results)
@@ -624,53 +625,3 @@ def compare_methods(
         bootstrap=boot,
         notes=notes,
     )
-
-
-def save_method_outputs(comparison: Comparison, out: str | os.PathLike) -> dict[str, dict[str, Path]]:
-    """Write ``methods/<name>/results.json`` (COCO results) and ``methods/<name>/metrics.json`` per method."""
-    paths = {}
-    for name, r in comparison.results.items():
-        d = Path(out) / "methods" / name
-        metrics = {**r.metrics, "method": name, "kind": r.kind, "score_threshold": r.score_threshold}
-        paths[name] = {
-            "results": write_json(d / "results.json", r.evaluator.results),
-            "metrics": write_json(d / "metrics.json", metrics),
-        }
-    return paths
-
-
-def format_leaderboard(rows: Sequence[dict]) -> str:
-    """The leaderboard as plain text (for the terminal)."""
-
-    def f(v, key):
-        if v is None:
-            return "-"
-        return f"{v:.1f}" if key == "ms_per_image" else f"{v:.4f}"
-
-    cols = [(k, h) for k, h, _ in LEADERBOARD_COLUMNS]
-    if all(r.get("AP_class_aware") is None for r in rows):
-        cols = [(k, h) for k, h in cols if k != "AP_class_aware"]
-    width = max([len("method"), *(len(r["method"]) for r in rows)]) + 2
-    lines = [f"{'method':<{width}}" + "".join(f"{h:>{max(len(h), 7) + 2}}" for _, h in cols)]
-    for r in rows:
-        lines.append(
-            f"{r['method']:<{width}}" + "".join(f"{f(r.get(k), k):>{max(len(h), 7) + 2}}" for k, h in cols)
-        )
-    return "\n".join(lines)
-
-
-def format_bootstrap(b: dict) -> str:
-    """One line per metric: the difference and its confidence interval."""
-    pct = round(100 * b["confidence"])
-    lines = []
-    for key, label in (("segm_agnostic_AP", "segm AP (class-agnostic)"), ("f1", "F1@0.5")):
-        s = b[key]
-        if s["difference"] is None or s["ci_low"] is None:
-            lines.append(f"{b['a']} - {b['b']} {label}: not available")
-            continue
-        lines.append(
-            f"{b['a']} - {b['b']} {label}: {s['difference']:+.4f} "
-            f"({pct}% CI {s['ci_low']:+.4f} .. {s['ci_high']:+.4f}, {s['resamples_used']} resamples "
-            f"of {b['n_images']} images)"
-        )
-    return "\n".join(lines)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -517,6 +516,17 @@ class Evaluator:
         )
 
 
+def f1_scorer(gts: Sequence[Instances], preds: Sequence[Instances]) -> float:
+    """F1 of one-to-one matching at mask IoU 0.5: the scorer the baselines' fit uses to choose options.
+
+    >>> import numpy as np
+    >>> m = np.zeros((1, 8, 8), bool); m[0, 2:6, 2:6] = True
+    >>> f1_scorer([Instances.from_masks(m)], [Instances.empty((8, 8))])
+    0.0
+    """
+    return float(matching_scores(gts, preds, iou_threshold=0.5)["f1"])
+
+
 def evaluate_coco_all(
     gt: dict,
     results: list[dict],
@@ -558,19 +568,6 @@ def evaluate_coco_all(
     out["num_gt"] = sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0))
     out["num_pred"] = len(results)
     return out
-
-
-def nan_to_none(x):
-    """JSON-safe copy of a metrics structure (NaN/inf -> None)."""
-    if isinstance(x, dict):
-        return {k: nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [nan_to_none(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, np.generic):
-        return nan_to_none(x.item())
-    return x
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from segbench.data.annotations import decode_annotation
 from segbench.data.coco import CocoDataset
 from segbench.eval.metrics import (
     IOU_TYPES,
     Evaluator,
     evaluate_coco_all,
     match_image,
-    nan_to_none,
 )
+from segbench.io import read_json, to_jsonable
 from segbench.types import BoxFormat, Instances, SegbenchError, convert_boxes
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,7 @@ def load_results(path: str | os.PathLike, gt: CocoDataset) -> list[dict]:
         size differs from their image.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SegbenchError(f"results file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SegbenchError(f"{path} is not valid JSON ({e})") from None
+    data = read_json(path, what="results file")
     if isinstance(data, dict) and "annotations" in data:
         raise SegbenchError(
             f"{path} is a COCO dataset, not a results file; pass ground truth as gt= and results as pred= "
@@ -94,17 +90,7 @@ def results_to_instances(results: Sequence[dict], gt: CocoDataset) -> dict[int, 
     for i, im in enumerate(gt.images):
         h, w = gt.image_size(i)
         rs = by_image.get(im["id"], [])
-        rles = []
-        for r in rs:
-            seg = r.get("segmentation")
-            if seg is None:
-                x, y, bw, bh = r["bbox"]
-                seg = mask_utils.frPyObjects(np.asarray([[x, y, bw, bh]], dtype=np.float64), h, w)[0]
-            elif isinstance(seg, list):
-                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg.get("counts"), list):
-                seg = mask_utils.frPyObjects(seg, h, w)
-            rles.append(seg)
+        rles = [decode_annotation(r, h, w) for r in rs]  # the segmentation, else the box
         boxes = (
             convert_boxes(np.asarray([r["bbox"] for r in rs]), BoxFormat.XYWH, BoxFormat.XYXY)
             if rs and all("bbox" in r for r in rs)
@@ -167,7 +153,7 @@ def score_files(
         backend=backend,
         matches=matches,
     )
-    return nan_to_none(out)
+    return to_jsonable(out)
 
 
 def evaluate_segmenter(
@@ -205,50 +191,4 @@ def evaluate_segmenter(
         ev.update(sample.instances, pred, image_id=sample.image_id, file_name=sample.file_name)
     metrics = ev.compute()
     metrics["ms_per_image"] = 1000 * seconds / max(n, 1)
-    return nan_to_none(metrics), ev
-
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(nan_to_none(obj), indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def format_metrics_table(m: dict, *, iou_types: Sequence[str] = IOU_TYPES) -> str:
-    """A plain-text table of the main numbers."""
-
-    def f(v):
-        return "  -  " if v is None else f"{v:.4f}"
-
-    rows = []
-    cols = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR"]
-    header = f"{'':<16}" + "".join(f"{c:>8}" for c in cols)
-    rows.append(header)
-    for t in iou_types:
-        for variant, prefix in (("", f"{t}_"), (" agnostic", f"{t}_agnostic_")):
-            if f"{prefix}AP" in m:
-                rows.append(f"{t + variant:<16}" + "".join(f"{f(m.get(prefix + c)):>8}" for c in cols))
-    for t in iou_types:
-        pc = m.get(f"per_class_{t}_AP") or {}
-        if len(pc) > 1:
-            rows.append(f"per-class {t} AP: " + ", ".join(f"{k}={f(v).strip()}" for k, v in pc.items()))
-    if "f1" in m:
-        rows.append(
-            "matching @IoU0.5: precision {p} recall {r} F1 {f1} PQ {pq} | foreground IoU {iou} Dice {d}".format(
-                p=f(m["precision"]),
-                r=f(m["recall"]),
-                f1=f(m["f1"]),
-                pq=f(m["pq"]),
-                iou=f(m["fg_iou"]),
-                d=f(m["fg_dice"]),
-            )
-        )
-    rows.append(
-        f"images {m.get('num_images')}, objects {m.get('num_gt')}, detections {m.get('num_pred')}"
-        f", max_dets {m.get('max_dets')}"
-    )
-    return "\n".join(rows)
+    return to_jsonable(metrics), ev

@@ -1,4 +1,5 @@
-"""Torch models: the Mask R-CNN builder and its safe weights loader."""
+"""Torch models: the Mask R-CNN builder (:mod:`.maskrcnn`), the one checkpoint path (:mod:`.checkpoint`),
+torchvision patches (:mod:`.transforms`), the LightningModule (:mod:`.module`) and the segmenter."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from segbench.models.maskrcnn import (
     PRETRAINED_WEIGHTS,
     build_maskrcnn,
     count_classes_in_state_dict,
-    load_weights_file,
 )
 
 __all__ = [
@@ -19,5 +19,4 @@ __all__ = [
     "PRETRAINED_WEIGHTS",
     "build_maskrcnn",
     "count_classes_in_state_dict",
-    "load_weights_file",
 ]

@@ -23,8 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,9 +50,10 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _r
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from segbench.models.checkpoint import read_weights
+from segbench.models.transforms import NativeSizeTransform
 from segbench.types import SegbenchError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ __all__ = [
     "PRETRAINED_WEIGHTS",
     "build_maskrcnn",
     "count_classes_in_state_dict",
-    "load_weights_file",
 ]
 
 #: Backbone names accepted by :func:`build_maskrcnn`.
@@ -125,112 +123,13 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar", ".pkl", ".pickle
 # --------------------------------------------------------------------------------------------------
 
 
-def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Load a weights file safely and return a flat ``{name: tensor}`` state_dict on the CPU.
-
-    The file is read with ``torch.load(path, map_location="cpu", weights_only=True)``: only tensors and
-    plain containers are unpickled, so a file that would run code when loaded is refused.
-
-    Accepted layouts:
-
-    * a plain state_dict (``model.state_dict()``);
-    * a Lightning / segbench checkpoint ``{"state_dict": {"model.<key>": tensor, ...}, ...}``; the
-      ``model.`` prefix is stripped and entries of other sub-modules are dropped;
-    * a torchvision-reference-style checkpoint ``{"model": state_dict, ...}``.
-
-    Parameters
-    ----------
-    path
-        Path to the ``.pth`` / ``.pt`` / ``.ckpt`` file.
-
-    Returns
-    -------
-    dict[str, Tensor]
-        The state_dict, keys as in the bare model (no ``model.`` prefix).
-
-    Raises
-    ------
-    SegbenchError
-        The file does not exist, cannot be read, would execute code when loaded, or holds no state_dict.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise SegbenchError(f"Weights file not found: {path}. Check the path given as model.net.weights=...")
-    if not path.is_file():
-        raise SegbenchError(
-            f"Weights path {path} is not a file. Pass a .pth/.ckpt file as model.net.weights=..."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise SegbenchError(f"Cannot read weights file {path}: {_first_line(exc)}") from exc
-        text = str(exc)
-        found = re.search(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked", text)
-        if found:
-            culprit = found.group(1) or found.group(2)
-            reason = (
-                f"it contains Python objects other than tensors (it references {culprit}), and loading it "
-                "would execute code stored in the file"
-            )
-        else:
-            detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-            reason = (
-                "it is not a plain file of tensors"
-                + (f" ({detail.group(1).strip()})" if detail else "")
-                + "; is it truncated, or not a .pth/.ckpt file?"
-            )
-        raise SegbenchError(
-            f"Refused to load weights file {path}: {reason}. segbench only loads files that "
-            "torch.load(..., weights_only=True) can read. If you trust where the file comes from, re-save "
-            "just its weights (torch.save(model.state_dict(), 'clean.pth')) and pass that file instead."
-        ) from exc
-    except Exception as exc:  # torch.load raises KeyError/RuntimeError/EOFError... on garbage
-        raise SegbenchError(
-            f"Cannot read weights file {path} as a PyTorch file ({type(exc).__name__}: {_first_line(exc)}). "
-            "Is it truncated, or not a .pth/.ckpt file?"
-        ) from exc
-    return _extract_state_dict(obj, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        inner = obj["state_dict"]
-        if any(str(k).startswith("model.") for k in inner):
-            dropped = [k for k in inner if not str(k).startswith("model.")]
-            if dropped:
-                logger.debug("%s: ignoring %d checkpoint entries outside 'model.'", path, len(dropped))
-            obj = {k[len("model.") :]: v for k, v in inner.items() if str(k).startswith("model.")}
-        else:
-            obj = inner
-    elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise SegbenchError(
-            f"Weights file {path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors) or a "
-            "checkpoint with a 'state_dict' entry."
-        )
-    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if bad:
-        raise SegbenchError(
-            f"Weights file {path} is not a state_dict: entries {bad[:3]} are not tensors. Save the weights with "
-            "torch.save(model.state_dict(), path)."
-        )
-    return dict(obj)
-
-
 def count_classes_in_state_dict(state_dict: Mapping[str, Tensor]) -> int:
     """Number of foreground classes a Mask R-CNN state_dict was trained for.
 
     Parameters
     ----------
     state_dict
-        A torchvision Mask R-CNN / Faster R-CNN state_dict (as from :func:`load_weights_file`).
+        A torchvision Mask R-CNN / Faster R-CNN state_dict (as from :func:`segbench.models.checkpoint.read_weights`).
 
     Returns
     -------
@@ -432,22 +331,13 @@ def build_maskrcnn(
     elif isinstance(source, Path):
         _load_into(
             model,
-            load_weights_file(source),
+            read_weights(source),
             what=f"weights file {source}",
             backbone=backbone,
             num_classes=num_classes,
             quiet_head_swap=False,
         )
     return model
-
-
-class NativeSizeTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform without the resize: normalise and batch (pad) only."""
-
-    def resize(
-        self, image: Tensor, target: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        return image, target
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:

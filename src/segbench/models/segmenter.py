@@ -1,18 +1,23 @@
-"""A trained Mask R-CNN as a *segmenter* (``image (H, W, 3) uint8 -> Instances``), and checkpoint loading."""
+"""A trained Mask R-CNN as a *segmenter* (``image (H, W, 3) uint8 -> Instances``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from segbench.types import Instances, SegbenchError, masks_to_rles
+from segbench.types import Instances, masks_to_rles
 
 log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is there, else ``cpu``; any other name as it is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -114,64 +119,6 @@ def predict_instances(model, images: list[torch.Tensor], *, mask_threshold: floa
     return out
 
 
-def fix_roi_pool_scales(model: torch.nn.Module, *, side: int = 128) -> torch.nn.Module:
-    """Set the feature-map scales of the RoI poolers from an exact ``side x side`` input.
-
-    torchvision's ``MultiScaleRoIAlign`` infers its scales from the *first* batch it sees and keeps
-    them: an image whose resized height is far from its padded height (small models: a 50 x 72 image at
-    ``min_size = max_size = 64`` is resized to 44 x 64 and padded to 64 x 64) makes it round the
-    stride-4 level to 1/2, and every later prediction of that model object is wrong. Exports freeze
-    whatever scales the model holds, so they are set here first, from padding-free feature maps.
-    """
-    if side % 32:
-        raise ValueError(f"side must be a multiple of 32, got {side}")
-    heads = model.roi_heads
-    pools = [p for p in (heads.box_roi_pool, getattr(heads, "mask_roi_pool", None)) if p is not None]
-    with torch.inference_mode():
-        features = model.backbone(torch.zeros(1, 3, side, side, device=next(model.parameters()).device))
-        box = [torch.tensor([[0.0, 0.0, 8.0, 8.0]], device=next(iter(features.values())).device)]
-        for pool in pools:
-            pool.scales, pool.map_levels = None, None
-            pool(features, box, [(side, side)])
-    return model
-
-
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """Read a segbench checkpoint with ``weights_only=True``; clear errors for missing or unsafe files."""
-    path = Path(path)
-    if not path.is_file():
-        raise SegbenchError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
-        text = str(e)
-        msg = text.splitlines()[0] if text else type(e).__name__
-        # weights_only=True wraps *every* unpickling failure in "Weights only load failed": only a
-        # forbidden global means code would run; anything else is a damaged or foreign file.
-        culprit = re.search(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked", text)
-        if culprit or "Unsupported global" in text:
-            what = f" (it references {culprit.group(1) or culprit.group(2)})" if culprit else ""
-            raise SegbenchError(
-                f"refusing to load {path}: it contains Python objects whose unpickling would run code{what}. "
-                "Only load checkpoints you trust; segbench loads tensors only."
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-        raise SegbenchError(
-            f"cannot read checkpoint {path}: {(detail.group(1).strip() if detail else msg)[:300]}. Is it "
-            "truncated, or not a checkpoint written by `segbench train`?"
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise SegbenchError(
-            f"{path} is not a segbench checkpoint (no 'state_dict'); for plain weights use model.net.weights="
-        )
-    if "segbench" not in ckpt:
-        raise SegbenchError(
-            f"{path} has no segbench metadata (architecture, classes); it was not written by `segbench train`. "
-            "Pass it as model.net.weights=FILE to fine-tune from it instead."
-        )
-    return ckpt
-
-
 class MaskRCNNSegmenter:
     """Wraps a torchvision Mask R-CNN: numpy image in, :class:`Instances` (original size, RLE masks) out.
 
@@ -208,22 +155,10 @@ class MaskRCNNSegmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> tuple[MaskRCNNSegmenter, dict]:
-        """Build the model recorded in a segbench checkpoint and load its weights.
+        """The trained network of a segbench checkpoint (:func:`segbench.models.checkpoint.load_model`)
+        as a segmenter; returns it and the checkpoint's card (classes, categories, architecture)."""
+        from segbench.models.checkpoint import load_model
 
-        Returns the segmenter and the checkpoint's metadata (classes, categories, architecture).
-        """
-        from segbench.models.maskrcnn import build_maskrcnn
-
-        ckpt = load_checkpoint_file(path)
-        meta = ckpt["segbench"]
-        net_kwargs = dict(meta["net"])
-        net_kwargs["weights"] = None
-        model = build_maskrcnn(num_classes=meta["num_classes"], **net_kwargs)
-        sd = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise SegbenchError(
-                f"{path}: weights do not fit the recorded architecture {net_kwargs.get('backbone')} "
-                f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
-            )
-        return cls(fix_roi_pool_scales(model.eval()), **kwargs), meta
+        model, card, _ = load_model(path)
+        kwargs.setdefault("mask_threshold", float(card.get("mask_threshold", 0.5)))
+        return cls(model, **kwargs), card

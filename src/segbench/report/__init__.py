@@ -13,63 +13,39 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from datetime import datetime
 from pathlib import Path
 
 from segbench.data.coco import CocoDataset
-from segbench.eval.compare import LEADERBOARD_COLUMNS, Comparison, save_method_outputs
-from segbench.eval.runner import write_json
+from segbench.eval.compare import Comparison
+from segbench.io import atomic_write_text, write_json
 from segbench.report.html import leaderboard_markdown, render_html, render_markdown
+from segbench.report.tables import LEADERBOARD_COLUMNS, leaderboard_csv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["leaderboard_csv", "write_report"]
-
-_EXTRA_CSV = ("precision", "recall", "num_pred", "score_threshold")
-
-
-def leaderboard_csv(rows: list[dict]) -> str:
-    """The leaderboard as CSV: ``method, kind``, the :data:`LEADERBOARD_COLUMNS` keys, precision, recall,
-    detections, score threshold, then ``AP[<class>]`` per class (the model's class-aware per-class AP)."""
-    classes: list[str] = []
-    for r in rows:
-        for c in r.get("per_class_AP") or {}:
-            if c not in classes:
-                classes.append(c)
-    header = [
-        "method",
-        "kind",
-        *(k for k, _, _ in LEADERBOARD_COLUMNS),
-        *_EXTRA_CSV,
-        *(f"AP[{c}]" for c in classes),
-    ]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        pc = r.get("per_class_AP") or {}
-        vals = [r.get(k) for k in header[2 : 2 + len(LEADERBOARD_COLUMNS) + len(_EXTRA_CSV)]]
-        vals += [pc.get(c) for c in classes]
-        w.writerow([r["method"], r["kind"], *("" if v is None else v for v in vals)])
-    return buf.getvalue()
-
-
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+__all__ = ["save_method_outputs", "write_report"]
 
 
 def _image_index(dataset: CocoDataset, index: int, image_id) -> int:
     if index < len(dataset) and dataset.images[index]["id"] == image_id:
         return index
     return next(i for i, im in enumerate(dataset.images) if im["id"] == image_id)
+
+
+def save_method_outputs(comparison: Comparison, out: str | os.PathLike) -> dict[str, dict[str, Path]]:
+    """Write ``methods/<name>/results.json`` (COCO results) and ``methods/<name>/metrics.json`` per method."""
+    paths = {}
+    for name, r in comparison.results.items():
+        d = Path(out) / "methods" / name
+        metrics = {**r.metrics, "method": name, "kind": r.kind, "score_threshold": r.score_threshold}
+        paths[name] = {
+            "results": write_json(d / "results.json", r.evaluator.results),
+            "metrics": write_json(d / "metrics.json", metrics),
+        }
+    return paths
 
 
 def write_report(
@@ -132,8 +108,8 @@ def write_report(
             "notes": comparison.notes,
         },
     )
-    paths["leaderboard_csv"] = _write_text(out / "leaderboard.csv", leaderboard_csv(rows))
-    paths["leaderboard_md"] = _write_text(
+    paths["leaderboard_csv"] = atomic_write_text(out / "leaderboard.csv", leaderboard_csv(rows))
+    paths["leaderboard_md"] = atomic_write_text(
         out / "leaderboard.md", leaderboard_markdown(rows, LEADERBOARD_COLUMNS) + "\n"
     )
 
@@ -218,7 +194,7 @@ def write_report(
         "files": files,
         "config": config_yaml,
     }
-    paths["markdown"] = _write_text(out / "report.md", render_markdown(ctx))
-    paths["html"] = _write_text(out / "report.html", render_html(ctx))
+    paths["markdown"] = atomic_write_text(out / "report.md", render_markdown(ctx))
+    paths["html"] = atomic_write_text(out / "report.html", render_html(ctx))
     log.info("wrote the report to %s", paths["html"])
     return paths

@@ -1,0 +1,90 @@
+"""``segbench compare data.root=DIR [ckpt_path=FILE] [methods=[maskrcnn,threshold,kmeans]]``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from segbench.commands._common import open_data_split
+from segbench.types import SegbenchError
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> int:
+    """Score the model and the classical baselines on one split; write the leaderboard, figures and report.
+
+    Baselines are fitted on ``fit_split`` (at most ``fit_images`` images) — or loaded from
+    ``baseline_params_dir`` (e.g. the ``baselines/`` folder of an earlier run) — and scored with the model
+    by the same evaluator. Segm AP is class-agnostic for every method; the model's F1 / PQ / foreground IoU
+    count its detections with ``score >= score_threshold``, the baselines' count all their detections.
+
+    Keys: data.root, methods (null: maskrcnn when ckpt_path is given, and every baseline), ckpt_path,
+    split, fit_split, fit_images, baseline_params_dir, baselines.<name>.<option>, out, max_dets,
+    score_threshold, bootstrap (resamples; 0 skips), bootstrap_seed, overlays, limit, device.
+    """
+    from segbench.eval import compare as cmp
+    from segbench.models.checkpoint import check_classes
+    from segbench.models.segmenter import MaskRCNNSegmenter, resolve_device
+    from segbench.report import write_report
+    from segbench.report.tables import format_bootstrap, format_leaderboard
+
+    ckpt_path = cfg.get("ckpt_path")
+    methods = cmp.check_methods(cfg.get("methods"), has_model=bool(ckpt_path))
+    for w in cmp.setup_warnings(
+        methods,
+        has_model=bool(ckpt_path),
+        split=cfg.split,
+        fit_split=cfg.fit_split,
+        params_dir=cfg.get("baseline_params_dir"),
+    ):
+        log.warning(w)
+    baseline_names = [m for m in methods if m != cmp.MODEL]
+
+    dataset = open_data_split(cfg.data, cfg.split)
+    if len(dataset) == 0:
+        raise SegbenchError(f"split '{cfg.split}' ({dataset.ann_file}) has no images to score")
+    specs = []
+    if cmp.MODEL in methods:
+        seg, card = MaskRCNNSegmenter.from_checkpoint(
+            ckpt_path, device=resolve_device(cfg.get("device", "auto"))
+        )
+        check_classes(card, dataset, source=ckpt_path, action="compare")
+        specs.append(cmp.MethodSpec(cmp.MODEL, seg, kind="model", score_threshold=cfg.score_threshold))
+    if baseline_names:
+        params_dir = cfg.get("baseline_params_dir")
+        options = OmegaConf.to_container(cfg.get("baselines") or {}, resolve=True)
+        baselines = cmp.prepare_baselines(
+            baseline_names,
+            options,
+            fit_dataset=None if params_dir else open_data_split(cfg.data, cfg.fit_split),
+            fit_images=cfg.fit_images,
+            params_dir=params_dir,
+        )
+        specs += [cmp.MethodSpec(name, seg, kind="baseline") for name, seg in baselines.items()]
+    specs.sort(key=lambda s: methods.index(s.name))
+
+    comparison = cmp.compare_methods(
+        specs,
+        dataset,
+        split=cfg.split,
+        max_dets=cfg.max_dets,
+        limit=cfg.limit,
+        bootstrap=cfg.bootstrap,
+        bootstrap_seed=cfg.bootstrap_seed,
+        overlays=cfg.overlays,
+    )
+    paths = write_report(comparison, cfg.out, dataset=dataset, config_yaml=OmegaConf.to_yaml(cfg))
+
+    print(f"{comparison.dataset} ({comparison.split}, {comparison.num_images} images)")
+    print(format_leaderboard(comparison.leaderboard))
+    for w in comparison.warnings:
+        print(f"warning: {w}")
+    if comparison.bootstrap:
+        print(format_bootstrap(comparison.bootstrap))
+    for n in comparison.notes:
+        print(n)
+    print(f"report: {Path(paths['html'])}")
+    return 0

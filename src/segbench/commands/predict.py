@@ -1,0 +1,46 @@
+"""``segbench predict input=PATH (ckpt_path=FILE | model=EXPORT | method=NAME [baseline_params=FILE])``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from segbench.predict import load_predictor, predict_images
+
+
+def run(cfg: DictConfig) -> int:
+    """Predict images (a file, a folder or a glob) with a checkpoint, an export or a baseline.
+
+    Keys: input, output, ckpt_path | exported (a .onnx / TorchScript file from `segbench export`) |
+    method + baseline_params (a baseline), score_threshold (0.5), mask_threshold (null: the model's),
+    batch_size, save_overlays, save_masks, device, progress.
+    Writes predictions.json (COCO results), images.json, categories.json, summary.json, overlays/, masks/.
+    """
+    predictor = load_predictor(
+        ckpt_path=cfg.get("ckpt_path"),
+        exported=cfg.get("exported"),
+        method=cfg.get("method"),
+        baseline_params=cfg.get("baseline_params"),
+        mask_threshold=cfg.get("mask_threshold"),
+        device=cfg.get("device", "cpu"),
+    )
+    s = predict_images(
+        predictor,
+        cfg.input,
+        cfg.output,
+        score_threshold=float(cfg.score_threshold),
+        batch_size=int(cfg.batch_size),
+        save_overlays=bool(cfg.save_overlays),
+        save_masks=bool(cfg.save_masks),
+        progress=bool(cfg.get("progress", True)),
+    )
+    skipped = s["skipped"]
+    line = f"processed {s['processed']} image(s), skipped {len(skipped)}"
+    if skipped:
+        line += (
+            " (" + ", ".join(x["file"] for x in skipped[:10]) + (", ..." if len(skipped) > 10 else "") + ")"
+        )
+    print(f"{line}; {s['detections']} detection(s) with score >= {s['score_threshold']}")
+    print(f"wrote {Path(cfg.output) / 'predictions.json'} (+ images.json, categories.json, overlays/)")
+    return 0

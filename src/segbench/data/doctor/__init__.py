@@ -1,0 +1,49 @@
+"""The dataset doctor: every problem of a COCO instances file and its images, with ids and a fix.
+
+:func:`check_dataset` reads the raw JSON itself (the loader, :class:`~segbench.data.coco.CocoDataset`,
+refuses some files outright and drops unusable annotations; the doctor goes on and lists them all) and
+returns a :class:`CheckReport`. :func:`fix_dataset` writes a corrected copy of the JSON beside the original
+(never over it) with a log of every change. :func:`check_split` does both for one split and checks the
+fixed file, as ``segbench data check`` does.
+
+The problem kinds, their severities, fix hints and what ``fix=true`` does for each are those of the
+rulebook, :mod:`segbench.data.annotations` (:data:`KINDS`), which the loader uses too.
+
+* :mod:`~segbench.data.doctor.check` — finding problems;
+* :mod:`~segbench.data.doctor.fix` — repairing, writing the fixed JSON and its log;
+* :mod:`~segbench.data.doctor.report` — :class:`Issue`, :class:`CheckReport`, :class:`SplitCheck`:
+  text and JSON;
+* :mod:`~segbench.data.doctor.split` — :func:`check_split`.
+
+Example
+-------
+>>> report = check_dataset("data/synth/annotations/instances_train.json")  # doctest: +SKIP
+>>> print(report.format())  # doctest: +SKIP
+>>> if report.errors:  # doctest: +SKIP
+...     out, changes = fix_dataset(report.ann_file, report)
+"""
+
+from __future__ import annotations
+
+from segbench.data.annotations import BOX_TOLERANCE, ERROR, KINDS, LEFT_ALONE, WARNING, Kind
+from segbench.data.doctor.check import check_dataset
+from segbench.data.doctor.fix import fix_dataset, fixes_log_path
+from segbench.data.doctor.report import CheckReport, ImageFact, Issue, SplitCheck
+from segbench.data.doctor.split import check_split
+
+__all__ = [
+    "BOX_TOLERANCE",
+    "ERROR",
+    "KINDS",
+    "LEFT_ALONE",
+    "WARNING",
+    "CheckReport",
+    "ImageFact",
+    "Issue",
+    "Kind",
+    "SplitCheck",
+    "check_dataset",
+    "check_split",
+    "fix_dataset",
+    "fixes_log_path",
+]
