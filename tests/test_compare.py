@@ -30,11 +30,12 @@ def tiny_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_root, tmp_path_factory) -> Path:
-    """An untrained ResNet-18 Mask R-CNN saved as a segbench checkpoint (no training)."""
+    """An untrained ResNet-18 Mask R-CNN, written by the training's own checkpoint writer."""
     import torch
 
     from segbench.data.coco import open_split
     from segbench.models.module import MaskRCNNModule
+    from segbench.training import save_checkpoint
 
     ds = open_split(tiny_root, "train")
     torch.manual_seed(0)
@@ -52,22 +53,7 @@ def tiny_ckpt(tiny_root, tmp_path_factory) -> Path:
         categories=ds.categories,
         label_to_cat_id=ds.label_to_cat_id,
     )
-    ckpt = {
-        "state_dict": {"model." + k: v for k, v in module.model.state_dict().items()},
-        "segbench": {
-            "format": 1,
-            "net": dict(module.net_kwargs),
-            "num_classes": module.num_classes,
-            "class_names": module.class_names,
-            "categories": module.categories,
-            "label_to_cat_id": module.label_to_cat_id,
-            "mask_threshold": module.mask_threshold,
-            "history": [],
-        },
-    }
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save(ckpt, path)
-    return path
+    return save_checkpoint(module, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 class _Links(HTMLParser):
@@ -277,3 +263,49 @@ def test_equal_scores_are_warned_about():
     assert len(warnings) == 2
     assert warnings[0].startswith("flat: all 2 instance scores are equal")
     assert warnings[1].startswith("empty made no detection")
+
+
+def _one_square_per_image(hits: list[bool], *, false_positive: bool) -> MethodResult:
+    """One 10x10 square of ground truth on each 32x32 image; the method finds it exactly where ``hits``
+    says, and (``false_positive``) puts one wrong square on every image."""
+    ev = Evaluator([{"id": 1, "name": "thing"}])
+    gt = np.zeros((1, 32, 32), bool)
+    gt[0, 2:12, 2:12] = True
+    fp = np.zeros((1, 32, 32), bool)
+    fp[0, 20:30, 20:30] = True
+    for k, hit in enumerate(hits):
+        masks = np.concatenate([gt[:hit], fp[:false_positive]])
+        scores = [0.9] * hit + [0.3] * false_positive
+        ev.update(Instances.from_masks(gt), Instances.from_masks(masks, scores=scores), image_id=k + 1)
+    return MethodResult("m", "baseline", ev.compute(), ev)
+
+
+def test_bootstrap_difference_has_the_answer_known_by_hand():
+    """7 images with one object each; a finds the objects of images 0..3 exactly and nothing else, b only
+    makes false positives. A resample that draws k of a's 4 images has, by hand: a's F1 = 2k / (7 + k)
+    (k true positives, 7 - k misses), b's F1 = 0; a's AP = (floor(100 k / 7) + 1) / 101 (precision 1 up to
+    recall k / 7, read at COCO's 101 recall points, the same at every IoU), b's AP = 0."""
+    from segbench.eval.compare import bootstrap_difference
+
+    n, seed, resamples = 7, 3, 40
+    a = _one_square_per_image([True] * 4 + [False] * 3, false_positive=False)
+    b = _one_square_per_image([False] * n, false_positive=True)
+    assert a.metrics["f1"] == pytest.approx(8 / 11) and b.metrics["f1"] == 0
+    out = bootstrap_difference(a, b, n_resamples=resamples, seed=seed)
+
+    rng = np.random.default_rng(seed)  # the same draws as the function's
+    ks = [int((rng.integers(0, n, size=n) < 4).sum()) for _ in range(resamples)]
+    f1 = np.array([2 * k / (n + k) for k in ks])
+    ap = np.array([(np.floor(100 * k / n) + 1) / 101 if k else 0.0 for k in ks])
+    for key, diffs in (("f1", f1), ("segm_agnostic_AP", ap)):
+        got = out[key]
+        assert got["resamples_used"] == resamples
+        assert got["bootstrap_mean"] == pytest.approx(diffs.mean())
+        assert got["ci_low"] == pytest.approx(np.percentile(diffs, 2.5))
+        assert got["ci_high"] == pytest.approx(np.percentile(diffs, 97.5))
+        assert got["p_not_better"] == pytest.approx(np.mean(diffs <= 0))
+    assert out["f1"]["difference"] == pytest.approx(8 / 11)
+    assert out["segm_agnostic_AP"]["difference"] == pytest.approx((np.floor(400 / 7) + 1) / 101)
+
+    same = bootstrap_difference(a, a, n_resamples=10, seed=0)["f1"]
+    assert same["difference"] == same["ci_low"] == same["ci_high"] == 0 and same["p_not_better"] == 1

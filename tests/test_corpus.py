@@ -186,27 +186,14 @@ def model_checkpoint(tmp: Path) -> Path:
         return p
     import torch
 
-    from segbench.models.maskrcnn import build_maskrcnn
+    from segbench.models.module import MaskRCNNModule
+    from segbench.training import save_checkpoint
 
     torch.manual_seed(0)
-    model = build_maskrcnn(num_classes=1, **NET)
-    p = tmp / "model.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "segbench": {
-                "format": 1,
-                "net": dict(NET),
-                "num_classes": 1,
-                "class_names": ["blob"],
-                "categories": CATS,
-                "label_to_cat_id": {1: 1},
-                "mask_threshold": 0.5,
-                "history": [],
-            },
-        },
-        p,
+    module = MaskRCNNModule(
+        net=dict(NET), num_classes=1, class_names=["blob"], categories=CATS, label_to_cat_id={1: 1}
     )
+    p = save_checkpoint(module, tmp / "model.ckpt")
     _CACHE["ckpt"] = p
     return p
 

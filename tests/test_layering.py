@@ -17,7 +17,7 @@ SRC = Path(segbench.__file__).resolve().parent
 #: room on its own floor or above. ``io`` sits above ``types`` because it raises ``SegbenchError``;
 #: ``predict`` above ``export`` and ``report`` because it runs exported models and draws overlays.
 FLOORS: list[set[str]] = [
-    {"types"},
+    {"types", "options"},
     {"io"},
     {"data", "baselines"},
     {"eval"},

@@ -134,6 +134,25 @@ def fit(
     return result
 
 
+def save_checkpoint(module: pl.LightningModule, path: str | os.PathLike) -> Path:
+    """Write ``module`` as a checkpoint exactly as ``segbench train`` does (Lightning's writer, the
+    module's ``on_save_checkpoint`` card, :class:`~segbench.callbacks.AtomicCheckpointIO`), without
+    training: e.g. to evaluate or export a model built in code."""
+    from segbench.callbacks import AtomicCheckpointIO
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return Path(path)
+
+
 def evaluate_checkpoint(
     ckpt_path: str | os.PathLike,
     dataset,

@@ -7,10 +7,9 @@ evaluation code scores them all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -222,9 +221,5 @@ class Instances:
         )
 
 
-@runtime_checkable
-class Segmenter(Protocol):
-    """Anything that turns an RGB image into instances: the model and every baseline."""
-
-    def __call__(self, image: np.ndarray) -> Instances:  # image: (H, W, 3) uint8
-        ...
+#: Every method, learned or classical: an ``(H, W, 3) uint8`` RGB image in, :class:`Instances` out.
+Segmenter = Callable[[np.ndarray], Instances]

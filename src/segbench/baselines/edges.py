@@ -37,13 +37,10 @@ from skimage.segmentation import watershed
 from segbench.baselines import postprocess as pp
 from segbench.baselines.base import (
     BaseSegmenter,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
     foreground_side,
     to_grey,
 )
+from segbench.options import check_bool, check_choice, check_float, check_int
 
 logger = logging.getLogger(__name__)
 

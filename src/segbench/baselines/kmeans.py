@@ -14,12 +14,10 @@ from threadpoolctl import threadpool_limits
 from segbench.baselines import postprocess as pp
 from segbench.baselines.base import (
     BaseSegmenter,
-    check_bool,
-    check_float,
-    check_int,
     foreground_side,
     to_grey,
 )
+from segbench.options import check_bool, check_float, check_int
 
 logger = logging.getLogger(__name__)
 

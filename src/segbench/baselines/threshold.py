@@ -19,12 +19,10 @@ from skimage.filters import threshold_multiotsu, threshold_otsu
 from segbench.baselines import postprocess as pp
 from segbench.baselines.base import (
     BaseSegmenter,
-    check_choice,
-    check_float,
-    check_int,
     foreground_side,
     to_grey,
 )
+from segbench.options import check_choice, check_float, check_int
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from segbench.baselines import BASELINES, BaseSegmenter, build_baseline, load_ba
 from segbench.data.coco import CocoDataset
 from segbench.eval.metrics import Evaluator, coco_evaluate, f1_scorer, pr_curve, summarize_matches
 from segbench.eval.runner import evaluate_segmenter
-from segbench.types import Instances, SegbenchError
+from segbench.types import Instances, SegbenchError, Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class MethodResult:
 
 def evaluate_method(
     name: str,
-    segmenter: Callable[[np.ndarray], Instances],
+    segmenter: Segmenter,
     dataset: CocoDataset,
     *,
     kind: str = "baseline",
@@ -527,7 +527,7 @@ class MethodSpec:
     """A method to score: its segmenter, its kind and the confidence its matching scores use."""
 
     name: str
-    segmenter: Callable[[np.ndarray], Instances]
+    segmenter: Segmenter
     kind: str = "baseline"
     score_threshold: float | None = None
 

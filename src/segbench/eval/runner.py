@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from segbench.eval.metrics import (
     match_image,
 )
 from segbench.io import read_json, to_jsonable
-from segbench.types import BoxFormat, Instances, SegbenchError, convert_boxes
+from segbench.types import BoxFormat, Instances, SegbenchError, Segmenter, convert_boxes
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def score_files(
 
 
 def evaluate_segmenter(
-    segmenter: Callable[[np.ndarray], Instances],
+    segmenter: Segmenter,
     dataset: CocoDataset,
     *,
     max_dets: int | None = None,

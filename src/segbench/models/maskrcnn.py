@@ -54,6 +54,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from segbench.models.checkpoint import read_weights
 from segbench.models.transforms import NativeSizeTransform
+from segbench.options import check_int
 from segbench.types import SegbenchError
 
 logger = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def build_maskrcnn(
     >>> model.roi_heads.box_predictor.cls_score.out_features
     3
     """
-    _check_int("num_classes", num_classes, minimum=1)
+    check_int("num_classes", num_classes, minimum=1)
     if backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
     source = _resolve_weights(weights)
@@ -340,15 +341,6 @@ def build_maskrcnn(
     return model
 
 
-def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum or (maximum is not None and value > maximum):
-        span = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be {span}, got {value}")
-    return value
-
-
 def _resolve_weights(weights: str | os.PathLike[str] | None) -> str | Path | None:
     """``None``, ``"coco"``, ``"imagenet"`` or an existing file path; anything else is a SegbenchError."""
     if weights is None:
@@ -411,7 +403,7 @@ _NORM_FACTORIES: dict[str, Callable[[int], nn.Module]] = {
 def _resolve_trainable_layers(value: int | None, backbone: str, pretrained: bool) -> int:
     maximum, default = _TRAINABLE_LAYERS[backbone]
     if value is not None:
-        _check_int(f"trainable_backbone_layers (backbone {backbone})", value, minimum=0, maximum=maximum)
+        check_int(f"trainable_backbone_layers (backbone {backbone})", value, minimum=0, maximum=maximum)
     if not pretrained:
         if value is not None and value != maximum:
             logger.warning(
@@ -452,14 +444,14 @@ def _mask_head_layers(value: Sequence[int] | None) -> list[int] | None:
         return None
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
         raise ValueError(f"mask_head_layers must be a non-empty list of channel counts, got {value!r}")
-    return [_check_int("mask_head_layers", v, minimum=1) for v in value]
+    return [check_int("mask_head_layers", v, minimum=1) for v in value]
 
 
 def _int_or_tuple(name: str, value: int | Sequence[int]) -> int | tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
-        return _check_int(name, value, minimum=1)
+        return check_int(name, value, minimum=1)
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) > 0:
-        return tuple(_check_int(name, v, minimum=1) for v in value)
+        return tuple(check_int(name, v, minimum=1) for v in value)
     raise ValueError(f"{name} must be a positive integer or a list of them, got {value!r}")
 
 
