@@ -258,3 +258,22 @@ def test_areas_of_more_than_255_rle_masks():
     )
     a = inst.areas()
     assert a.shape == (300,) and a[0] == 12 and a[7] == 13
+
+
+def test_boundary_ap_punishes_a_mask_wrong_at_its_edges():
+    """A disc of radius 35 predicted for a true disc of radius 40 (same centre, 200 x 200 image): mask IoU
+    35² / 40² = 0.766, so segm AP counts the 6 IoU thresholds 0.50..0.75 of 10: 0.6. Its boundary band
+    (2 % of the diagonal = 6 px wide) overlaps the true one in a 1-px ring only (Boundary IoU ~0.09), so
+    boundary AP is 0. An exact mask scores 1 on both."""
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot(yy - 100, xx - 100)
+    true, small = (r <= 40)[None], (r <= 35)[None]
+    ev = Evaluator([{"id": 1, "name": "disc"}])
+    ev.update(Instances.from_masks(true), Instances.from_masks(small, scores=[0.9]))
+    m = ev.compute()
+    assert m["segm_AP"] == pytest.approx(0.6) and m["boundary_AP"] == pytest.approx(0.0)
+    exact = Evaluator([{"id": 1, "name": "disc"}])
+    exact.update(Instances.from_masks(true), Instances.from_masks(true, scores=[0.9]))
+    assert exact.compute()["boundary_AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="faster_coco_eval"):
+        coco_evaluate(ev.gt_dataset(), ev.results, iou_type="boundary", backend="pycocotools")

@@ -422,3 +422,32 @@ def test_exported_model_without_its_card_uses_the_embedded_one(exported, tmp_pat
     lone.symlink_to(exported / FILES["onnx"])
     _, card = load_exported_model(lone)
     assert card["label_to_cat_id"] == {"1": 10, "2": 20, "3": 30}
+
+
+def test_predict_uses_the_calibrated_thresholds_by_default(tiny_ckpt, image_folder, tmp_path, capsys):
+    """A model whose scores are low (this barely trained one scores < 0.5 everywhere) returns nothing at
+    the plain 0.5; with the per-class thresholds stored in its card (as training stores them after its
+    final evaluation) the default run keeps the detections above each class's threshold, and an explicit
+    score_threshold still wins. The export card carries the thresholds too."""
+    import shutil
+
+    from segbench.models.checkpoint import read_checkpoint, update_card
+
+    ckpt = tmp_path / "calibrated.ckpt"
+    shutil.copy(tiny_ckpt, ckpt)
+    assert "score_thresholds" not in read_checkpoint(ckpt)["segbench"]
+    assert _predict([f"ckpt_path={ckpt}"], image_folder, tmp_path / "plain", "score_threshold=0.5") == 0
+    assert json.loads((tmp_path / "plain" / "predictions.json").read_text()) == []
+    update_card(ckpt, score_thresholds={"circle": 0.06, "square": 0.06, "triangle": None})
+    capsys.readouterr()
+    assert _predict([f"ckpt_path={ckpt}"], image_folder, tmp_path / "cal") == 0
+    assert "calibrated after training" in capsys.readouterr().out
+    results = json.loads((tmp_path / "cal" / "predictions.json").read_text())
+    summary = json.loads((tmp_path / "cal" / "summary.json").read_text())
+    assert summary["score_threshold"] == {"circle": 0.06, "square": 0.06}
+    assert results and all(r["score"] >= (0.06 if r["category_id"] in (10, 20) else 0.5) for r in results)
+    assert _predict([f"ckpt_path={ckpt}"], image_folder, tmp_path / "over", "score_threshold=0.5") == 0
+    assert json.loads((tmp_path / "over" / "predictions.json").read_text()) == []
+    assert main(["export", f"ckpt_path={ckpt}", f"out={tmp_path / 'exp'}", "formats=[state_dict]"]) == 0
+    card = json.loads((tmp_path / "exp" / "model.json").read_text())
+    assert card["score_thresholds"] == {"circle": 0.06, "square": 0.06, "triangle": None}

@@ -276,6 +276,10 @@ def test_channels_last_trains_and_its_checkpoint_is_an_ordinary_one(synth_root, 
     (run,) = run_dirs(tmp_path)
     m = json.loads((run / "metrics.json").read_text())
     assert m["global_step"] == 2 and 0 <= m["val"]["segm_AP"] <= 1  # evaluated from the checkpoint
+    evaluated = read_checkpoint(m["best_checkpoint"] or m["last_checkpoint"])["segbench"]
+    assert evaluated["score_thresholds"] == m["val"]["score_thresholds"]  # calibrated, stored in the card
+    assert set(evaluated["score_thresholds"]) == {"circle", "square", "triangle"}
+    assert (run / "eval" / "per_image.csv").read_text().startswith("image_id,file_name,tp,fp,fn,f1,mean_iou")
     state = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
     fresh = build_maskrcnn(num_classes=3, **{**net, "min_size": 96, "max_size": 96})
     fresh.load_state_dict({k[len("model.") :]: v for k, v in state.items()})

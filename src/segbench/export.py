@@ -145,6 +145,7 @@ def model_card(model: torch.nn.Module, meta: dict, build: dict, *, source: str) 
                 "std": [float(v) for v in t.image_std],
             },
             "mask_threshold": float(meta.get("mask_threshold", 0.5)),
+            "score_thresholds": meta.get("score_thresholds"),  # per class, calibrated on val after training
             "box_score_thresh": float(model.roi_heads.score_thresh),
             "box_detections_per_img": int(model.roi_heads.detections_per_img),
             "trained_from": (meta.get("net") or {}).get("weights"),

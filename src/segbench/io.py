@@ -7,6 +7,8 @@ the previous version intact.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -103,3 +105,14 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file", hint: str = "
         raise SegbenchError(f"{path} is not a UTF-8 text file ({e}); is it really a {what}?") from None
     except json.JSONDecodeError as e:
         raise SegbenchError(f"{path} is not valid JSON ({e}){'; ' + hint if hint else ''}") from None
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], *, columns: list[str] | None = None) -> Path:
+    """Write dict rows as CSV atomically (columns: ``columns`` or the first row's keys; ``None`` -> empty)."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return atomic_write_text(path, buf.getvalue())

@@ -117,10 +117,29 @@ class Predictor:
     label_to_cat_id: dict[int, int]
     source: str
     info: dict = field(default_factory=dict)
+    #: Label -> the score threshold calibrated on the val split after training (best F1 at IoU 0.5).
+    score_thresholds: dict[int, float] = field(default_factory=dict)
+
+    def keep(self, inst: Instances, score_threshold: float | None) -> Instances:
+        """The detections to report: ``score >= score_threshold`` when it is given, else each label's
+        calibrated threshold (0.5 for a label without one)."""
+        if inst.scores is None or not len(inst):
+            return inst
+        if score_threshold is not None or not self.score_thresholds:
+            return inst.select(inst.scores >= (0.5 if score_threshold is None else score_threshold))
+        cut = np.asarray([self.score_thresholds.get(int(lbl), 0.5) for lbl in inst.labels])
+        return inst.select(inst.scores >= cut)
 
     def label_names(self) -> dict[int, str]:
         by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in self.categories}
         return {lbl: by_id.get(cat, str(cat)) for lbl, cat in self.label_to_cat_id.items()}
+
+
+def _thresholds_from(card: dict) -> dict[int, float]:
+    """Label -> calibrated threshold from a card's ``score_thresholds`` (by class name)."""
+    by_name = card.get("score_thresholds") or {}
+    names = list(card.get("class_names") or [])
+    return {k + 1: float(by_name[n]) for k, n in enumerate(names) if by_name.get(n) is not None}
 
 
 def _categories_from(meta: dict) -> tuple[list[dict], dict[int, int]]:
@@ -192,14 +211,22 @@ def load_predictor(
         seg, meta = MaskRCNNSegmenter.from_checkpoint(ckpt_path, score_threshold=0.0, device=device)
         seg.mask_threshold = _mask_threshold(meta, mask_threshold)
         cats, l2c = _categories_from(meta)
-        return Predictor(seg.predict_batch, cats, l2c, f"checkpoint {ckpt_path}")
+        return Predictor(
+            seg.predict_batch, cats, l2c, f"checkpoint {ckpt_path}", score_thresholds=_thresholds_from(meta)
+        )
     if exported:
         from segbench.export import load_exported_model
 
         runtime, card = load_exported_model(exported, device=device)
         cats, l2c = _categories_from(card)
         thr = _mask_threshold(card, mask_threshold)
-        return Predictor(_exported_segmenter(runtime, thr), cats, l2c, f"{runtime.name} export {exported}")
+        return Predictor(
+            _exported_segmenter(runtime, thr),
+            cats,
+            l2c,
+            f"{runtime.name} export {exported}",
+            score_thresholds=_thresholds_from(card),
+        )
     from segbench.baselines import build_baseline, load_baseline
 
     if baseline_params:
@@ -292,12 +319,20 @@ def draw_overlay(
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
+def _threshold_used(predictor: Predictor, score_threshold: float | None) -> float | dict:
+    """What ``summary.json`` reports: the one threshold, or the calibrated one of each class."""
+    if score_threshold is not None or not predictor.score_thresholds:
+        return 0.5 if score_threshold is None else float(score_threshold)
+    names = predictor.label_names()
+    return {names.get(lbl, str(lbl)): t for lbl, t in sorted(predictor.score_thresholds.items())}
+
+
 def predict_images(
     predictor: Predictor,
     source: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
     batch_size: int = 4,
     save_overlays: bool = True,
     save_masks: bool = False,
@@ -306,7 +341,8 @@ def predict_images(
     """Predict every image of ``source`` (file, folder or glob) and write the results to ``output``.
 
     Unreadable files are logged with the reason and skipped. Detections scoring below
-    ``score_threshold`` are dropped (from every file written).
+    ``score_threshold`` are dropped (from every file written); ``None``: below each class's calibrated
+    threshold (:meth:`Predictor.keep`; 0.5 where the model has none).
 
     Returns
     -------
@@ -328,8 +364,10 @@ def predict_images(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SegbenchError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not 0.0 <= float(score_threshold) <= 1.0:
-        raise SegbenchError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+    if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
+        raise SegbenchError(
+            f"score_threshold must be in [0, 1] or null (calibrated), got {score_threshold!r}"
+        )
     files, root = collect_images(source)
     names = [_relative_name(p, root) for p in files]
     stems = _output_stems(names)
@@ -357,8 +395,7 @@ def predict_images(
                 skipped.append({"file": names[i], "reason": reason})
         preds = predictor.segment([im for _, im in batch]) if batch else []
         for (i, image), inst in zip(batch, preds, strict=True):
-            if inst.scores is not None and len(inst):
-                inst = inst.select(inst.scores >= score_threshold)
+            inst = predictor.keep(inst, score_threshold)
             image_id = len(images_index) + 1
             h, w = image.shape[:2]
             images_index[names[i]] = {"id": image_id, "height": h, "width": w}
@@ -379,7 +416,7 @@ def predict_images(
         "processed": len(images_index),
         "skipped": skipped,
         "detections": len(results),
-        "score_threshold": float(score_threshold),
+        "score_threshold": _threshold_used(predictor, score_threshold),
         "predictions": str(out / "predictions.json"),
     }
     if not images_index:

@@ -74,7 +74,8 @@ def fit(
     ckpt_path
         A checkpoint to resume from.
     evaluate_best
-        Score the best (else the last) checkpoint on the whole val split at the end (rank 0 only).
+        Score the best (else the last) checkpoint on the whole val split at the end (rank 0 only) and
+        store its calibrated per-class score thresholds in it (:func:`evaluate_checkpoint`).
     eval_max_dets, eval_score_threshold
         The evaluation's detection cap and the score threshold of F1 / PQ / foreground IoU.
     started
@@ -128,6 +129,7 @@ def fit(
                 out_dir=run_dir / "eval",
                 max_dets=eval_max_dets,
                 score_threshold=eval_score_threshold,
+                store_thresholds=True,
             )
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", result)
@@ -162,10 +164,21 @@ def evaluate_checkpoint(
     score_threshold: float | None = 0.5,
     limit: int | None = None,
     progress: bool = True,
+    store_thresholds: bool = False,
+    label_errors: bool = False,
 ) -> dict:
-    """Score a checkpoint on a :class:`CocoDataset`; write ``metrics.json`` and ``results.json`` (COCO
-    results with the dataset's original category ids) to ``out_dir``."""
-    from segbench.models.checkpoint import check_classes
+    """Score a checkpoint on a :class:`CocoDataset` and analyse its errors.
+
+    Writes to ``out_dir``: ``metrics.json`` (every score, plus ``analysis``: the confusion matrix and the
+    error breakdown at ``score_threshold``, and ``score_thresholds``: per class, the threshold that maximises
+    F1 at IoU 0.5 on this split), ``results.json`` (COCO results with the dataset's category ids),
+    ``per_image.csv`` and, with ``label_errors``, ``label_errors.json`` + ``label_errors_patch.json``
+    (:func:`segbench.eval.analysis.find_label_errors`). ``store_thresholds`` writes the calibrated
+    thresholds into the checkpoint's card, where ``predict`` and ``export`` find them.
+    """
+    from segbench.eval.analysis import analyse, find_label_errors, per_image_table, thresholds_by_name
+    from segbench.io import write_csv
+    from segbench.models.checkpoint import check_classes, update_card
     from segbench.models.segmenter import MaskRCNNSegmenter
 
     seg, card = MaskRCNNSegmenter.from_checkpoint(ckpt_path)
@@ -173,9 +186,25 @@ def evaluate_checkpoint(
     metrics, ev = evaluate_segmenter(
         seg, dataset, max_dets=max_dets, score_threshold=score_threshold, limit=limit, progress=progress
     )
-    metrics["checkpoint"] = str(ckpt_path)
-    metrics["dataset"] = str(dataset.ann_file)
+    gt = ev.gt_dataset()
+    analysis = analyse(gt, ev.results, score_threshold=score_threshold)
+    thresholds = thresholds_by_name(analysis.pop("calibrated"))
+    metrics.update(
+        checkpoint=str(ckpt_path),
+        dataset=str(dataset.ann_file),
+        analysis=analysis,
+        score_thresholds=thresholds,
+    )
     out = Path(out_dir)
     write_json(out / "results.json", ev.results)
+    write_csv(out / "per_image.csv", per_image_table(gt["images"], ev.image_matches))
+    if label_errors:
+        found = find_label_errors(gt, ev.results, thresholds=thresholds)
+        write_json(out / "label_errors_patch.json", found.pop("patch"))
+        write_json(out / "label_errors.json", found)
+        metrics["label_errors"] = found["counts"]
     write_json(out / "metrics.json", metrics)
+    if store_thresholds:
+        update_card(ckpt_path, score_thresholds=thresholds)
+        log.info("calibrated score thresholds %s stored in %s", thresholds, ckpt_path)
     return metrics

@@ -13,7 +13,8 @@ def run(cfg: DictConfig) -> int:
     """Predict images (a file, a folder or a glob) with a checkpoint, an export or a baseline.
 
     Keys: input, output, ckpt_path | exported (a .onnx / TorchScript file from `segbench export`) |
-    method + baseline_params (a baseline), score_threshold (0.5), mask_threshold (null: the model's),
+    method + baseline_params (a baseline), score_threshold (null: the per-class thresholds calibrated
+    after training, 0.5 without them), mask_threshold (null: the model's),
     batch_size, save_overlays, save_masks, device, progress.
     Writes predictions.json (COCO results), images.json, categories.json, summary.json, overlays/, masks/.
     """
@@ -29,7 +30,7 @@ def run(cfg: DictConfig) -> int:
         predictor,
         cfg.input,
         cfg.output,
-        score_threshold=float(cfg.score_threshold),
+        score_threshold=None if cfg.score_threshold is None else float(cfg.score_threshold),
         batch_size=int(cfg.batch_size),
         save_overlays=bool(cfg.save_overlays),
         save_masks=bool(cfg.save_masks),
@@ -41,6 +42,13 @@ def run(cfg: DictConfig) -> int:
         line += (
             " (" + ", ".join(x["file"] for x in skipped[:10]) + (", ..." if len(skipped) > 10 else "") + ")"
         )
-    print(f"{line}; {s['detections']} detection(s) with score >= {s['score_threshold']}")
+    thr = s["score_threshold"]
+    if isinstance(thr, dict):
+        used = f"the per-class thresholds calibrated after training {thr} (score_threshold=0.5 overrides)"
+    else:
+        used = f"score >= {thr}" + (
+            " (the model has no calibrated thresholds)" if cfg.score_threshold is None else ""
+        )
+    print(f"{line}; {s['detections']} detection(s) with {used}")
     print(f"wrote {Path(cfg.output) / 'predictions.json'} (+ images.json, categories.json, overlays/)")
     return 0

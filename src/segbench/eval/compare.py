@@ -302,6 +302,7 @@ def leaderboard_rows(results: Mapping[str, MethodResult] | Sequence[MethodResult
         row: dict[str, Any] = {"method": r.name, "kind": r.kind}
         for k in _AGNOSTIC_KEYS:
             row[k] = m.get(f"segm_agnostic_{k}", m.get(f"segm_{k}"))
+        row["boundary_AP"] = m.get("boundary_agnostic_AP", m.get("boundary_AP"))
         model = r.kind == "model"
         row["AP_class_aware"] = m.get("segm_AP") if model else None
         row["per_class_AP"] = dict(m.get("per_class_segm_AP") or {}) if model else {}

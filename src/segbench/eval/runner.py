@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from segbench.data.annotations import decode_annotation
 from segbench.data.coco import CocoDataset
 from segbench.eval.metrics import (
     IOU_TYPES,
+    MASK_IOU_TYPES,
     Evaluator,
     evaluate_coco_all,
     match_image,
@@ -128,10 +128,9 @@ def score_files(
     """
     gt = CocoDataset(gt_file, image_root=Path(gt_file).parent)
     results = load_results(results_file, gt)
-    with open(gt_file, encoding="utf-8") as f:
-        raw_gt = json.load(f)
+    raw_gt = read_json(gt_file, what="ground-truth file")
     has_masks = bool(results) and all("segmentation" in r for r in results)
-    types = [t for t in iou_types if t != "segm" or has_masks or not results]
+    types = [t for t in iou_types if t not in MASK_IOU_TYPES or has_masks or not results]
     preds = results_to_instances(results, gt)
     matches = None
     if has_masks or not results:

@@ -233,3 +233,14 @@ def check_classes(card: Mapping, dataset, *, source: str | os.PathLike, action: 
             f"{source} was trained on classes {list(card['class_names'])} but {dataset.ann_file} has "
             f"{dataset.class_names}; {action} on a dataset with the same categories"
         )
+
+
+def update_card(path: str | os.PathLike, **fields) -> None:
+    """Add ``fields`` to the model card of a segbench checkpoint, in place and atomically (e.g. the score
+    thresholds calibrated after training)."""
+    from segbench.io import atomic_path
+
+    ckpt = read_checkpoint(path)
+    ckpt["segbench"] = {**ckpt["segbench"], **fields}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)

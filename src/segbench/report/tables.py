@@ -19,6 +19,11 @@ LEADERBOARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("APs", "AP small", "class-agnostic mask AP, objects < 32x32 px"),
     ("APm", "AP medium", "class-agnostic mask AP, objects 32x32 to 96x96 px"),
     ("APl", "AP large", "class-agnostic mask AP, objects > 96x96 px"),
+    (
+        "boundary_AP",
+        "boundary AP",
+        "class-agnostic Boundary IoU AP, IoU 0.50:0.95: low where masks are right in place but wrong at the edges",
+    ),
     ("AP_class_aware", "segm AP (classes)", "class-aware COCO mask AP (the model only)"),
     ("f1", "F1@0.5", "F1 of one-to-one matching at mask IoU 0.5"),
     ("pq", "PQ", "panoptic quality (class-agnostic) at IoU 0.5"),
@@ -127,3 +132,24 @@ def format_metrics_table(m: dict, *, iou_types: Sequence[str] = IOU_TYPES) -> st
         f", max_dets {m.get('max_dets')}"
     )
     return "\n".join(rows)
+
+
+def format_analysis(m: dict) -> str:
+    """The error breakdown (TIDE's categories) and the confusion matrix of ``metrics["analysis"]``."""
+    a = m.get("analysis")
+    if not a:
+        return ""
+    e = a["errors"]
+    kinds = ", ".join(f"{k} {v}" for k, v in e["counts"].items())
+    lines = [f"errors at IoU {e['iou_threshold']} ({e['true_positives']} true positives): {kinds}"]
+    cm = a["confusion"]
+    names = cm["classes"]
+    if len(names) > 2:  # one class: the error line says it all
+        w = max(len(n) for n in names) + 2
+        lines.append(
+            "confusion (rows: true class, columns: predicted; background = missed / false positive):"
+        )
+        lines.append(" " * w + "".join(f"{n:>{w}}" for n in names))
+        for n, row in zip(names, cm["counts"], strict=True):
+            lines.append(f"{n:<{w}}" + "".join(f"{v:>{w}}" for v in row))
+    return "\n".join(lines)
