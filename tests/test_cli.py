@@ -123,3 +123,41 @@ def test_run_folder_time_comes_from_the_launching_process(monkeypatch):
     cfg = compose("train", [])
     OmegaConf.resolve(cfg)
     assert cfg.run_dir.endswith("train/default/2031-02-03_04-05-06")
+
+
+def test_score_two_results_files_every_backend_and_label_errors(capsys, tmp_path):
+    """pred = the ground truth itself, pred_b = the same with every mask of image 1 left out: the paired
+    bootstrap says pred is better (F1 difference > 0, its interval above 0); the backends agree where their
+    caps agree; the label-error finder has nothing to report for a perfect prediction."""
+    gt, _ = make_fixture(seed=4)
+    perfect = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "segmentation": a["segmentation"],
+            "bbox": a["bbox"],
+            "score": 0.9 - 0.001 * k,
+        }  # fmt: skip
+        for k, a in enumerate(gt["annotations"])
+        if not a.get("iscrowd")
+    ]
+    first = gt["images"][0]["id"]
+    worse = [r for r in perfect if r["image_id"] != first]
+    for name, data in (("gt", gt), ("a", perfect), ("b", worse)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    code, out, err = run(
+        capsys, "score", f"gt={tmp_path}/gt.json", f"pred={tmp_path}/a.json", f"pred_b={tmp_path}/b.json",
+        "backend=all", "label_errors=true", "bootstrap=30", f"out={tmp_path}/o",
+    )  # fmt: skip
+    assert code == 0, err
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    c = m["comparison"]
+    assert c["f1"]["difference"] > 0 and c["f1"]["ci_low"] >= 0 and c["f1"]["min_detectable_difference"] >= 0
+    assert set(c["per_class_AP"]) == {cat["name"] for cat in gt["categories"]}
+    for t in ("segm", "bbox"):
+        rows = m["backends"][t]
+        assert rows["pycocotools"]["AP"] == pytest.approx(rows["faster_coco_eval"]["AP"], abs=1e-9)
+        assert rows["torchmetrics"]["AP"] == pytest.approx(rows["pycocotools@100"]["AP"], abs=1e-3), t
+    assert "torchmetrics" in out and "smallest difference" in out
+    assert m["label_errors"] == {"missing_label": 0, "not_found": 0, "class_disagrees": 0}
+    assert (tmp_path / "o" / "label_errors_patch.json").is_file()

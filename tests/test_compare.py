@@ -143,6 +143,10 @@ def test_compare_baselines_only_end_to_end(capsys, tiny_root, tmp_path):
     )
 
 
+def model_row(board: dict) -> dict:
+    return next(r for r in board["rows"] if r["kind"] == "model")
+
+
 def test_compare_with_model_checkpoint(capsys, tiny_root, tiny_ckpt, tmp_path):
     out = tmp_path / "cmp"
     code, stdout, err = _run(
@@ -155,9 +159,39 @@ def test_compare_with_model_checkpoint(capsys, tiny_root, tiny_ckpt, tmp_path):
         "bootstrap=25",
         "fit_images=4",
         "device=cpu",
+        "label_errors=true",
     )
     assert code == 0, err
     board = _check_report(out, ["maskrcnn", "threshold", "kmeans"])
+    # where the errors are: analysis, per-image table, label errors, each in the report
+    analysis = json.loads((out / "analysis.json").read_text())
+    n_images = board["num_images"]
+    counts = analysis["confusion"]["counts"]
+    assert analysis["confusion"]["classes"] == ["circle", "square", "triangle", "background"]
+    n_objects = sum(sum(row) for row in counts[:-1])  # every object is counted once: matched or missed
+    val = json.loads((tiny_root / "annotations/instances_val.json").read_text())
+    assert n_objects == sum(not a.get("iscrowd") for a in val["annotations"])
+    assert analysis["errors"]["counts"]["missed"] + analysis["errors"]["true_positives"] <= n_objects
+    with (out / "per_image.csv").open() as f:
+        per_image = list(csv.DictReader(f))
+    assert len(per_image) == 3 * n_images and {r["method"] for r in per_image} == {
+        "maskrcnn",
+        "threshold",
+        "kmeans",
+    }
+    le = json.loads((out / "label_errors.json").read_text())
+    patch = json.loads((out / "label_errors_patch.json").read_text())
+    assert sum(le["counts"].values()) == len(le["errors"]) == len(patch["annotations"])
+    html = (out / "report.html").read_text()
+    for section in (
+        "Where maskrcnn",
+        "Calibrated score thresholds",
+        "Per-image results",
+        "Suspected label errors",
+    ):
+        assert section in html, section
+    assert "boundary AP" in html and model_row(board)["boundary_AP"] is not None
+    assert "errors at IoU 0.5" in stdout and "suspected label errors" in stdout
     model = next(r for r in board["rows"] if r["method"] == "maskrcnn")
     assert model["kind"] == "model" and model["AP_class_aware"] is not None
     assert set(model["per_class_AP"]) == {"circle", "square", "triangle"}

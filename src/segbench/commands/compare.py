@@ -23,13 +23,14 @@ def run(cfg: DictConfig) -> int:
 
     Keys: data.root, methods (null: maskrcnn when ckpt_path is given, and every baseline), ckpt_path,
     split, fit_split, fit_images, baseline_params_dir, baselines.<name>.<option>, out, max_dets,
-    score_threshold, bootstrap (resamples; 0 skips), bootstrap_seed, overlays, limit, device.
+    score_threshold, bootstrap (resamples; 0 skips), bootstrap_seed, overlays, limit, device, label_errors
+    (list the labels that the model and the baselines contradict, with a COCO patch).
     """
     from segbench.eval import compare as cmp
     from segbench.models.checkpoint import check_classes
     from segbench.models.segmenter import MaskRCNNSegmenter, resolve_device
     from segbench.report import write_report
-    from segbench.report.tables import format_bootstrap, format_leaderboard
+    from segbench.report.tables import format_analysis, format_bootstrap, format_leaderboard
 
     ckpt_path = cfg.get("ckpt_path")
     methods = cmp.check_methods(cfg.get("methods"), has_model=bool(ckpt_path))
@@ -75,6 +76,7 @@ def run(cfg: DictConfig) -> int:
         bootstrap=cfg.bootstrap,
         bootstrap_seed=cfg.bootstrap_seed,
         overlays=cfg.overlays,
+        label_errors=bool(cfg.get("label_errors", False)),
     )
     paths = write_report(comparison, cfg.out, dataset=dataset, config_yaml=OmegaConf.to_yaml(cfg))
 
@@ -86,5 +88,10 @@ def run(cfg: DictConfig) -> int:
         print(format_bootstrap(comparison.bootstrap))
     for n in comparison.notes:
         print(n)
+    if comparison.analysis:
+        print(format_analysis({"analysis": comparison.analysis}))
+    if comparison.label_errors:
+        counts = ", ".join(f"{k} {v}" for k, v in comparison.label_errors["counts"].items())
+        print(f"suspected label errors: {counts} (label_errors.json, label_errors_patch.json)")
     print(f"report: {Path(paths['html'])}")
     return 0

@@ -18,6 +18,7 @@ error categories, the calibrated thresholds and the label-error finder share one
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -462,9 +463,10 @@ def _patch(gt: Mapping, errors: Sequence[Mapping]) -> dict:
 
 
 def thresholds_by_name(calibrated: Mapping[str, Mapping]) -> dict[str, float | None]:
-    """``{class name: threshold}`` from :func:`calibrate_thresholds` (what checkpoints and cards store)."""
+    """``{class name: threshold}`` from :func:`calibrate_thresholds` (what checkpoints and cards store),
+    rounded *down* to 6 decimals so that the detection that set a threshold still passes it."""
     return {
-        name: (None if e["threshold"] is None else round(float(e["threshold"]), 6))
+        name: (None if e["threshold"] is None else math.floor(float(e["threshold"]) * 1e6) / 1e6)
         for name, e in calibrated.items()
     }
 

@@ -33,8 +33,9 @@ import numpy as np
 
 from segbench.baselines import BASELINES, BaseSegmenter, build_baseline, load_baseline
 from segbench.data.coco import CocoDataset
+from segbench.eval.analysis import analyse, find_label_errors, per_image_table
 from segbench.eval.metrics import Evaluator, coco_evaluate, f1_scorer, pr_curve, summarize_matches
-from segbench.eval.runner import evaluate_segmenter
+from segbench.eval.runner import evaluate_segmenter, results_to_instances
 from segbench.types import Instances, SegbenchError, Segmenter
 
 log = logging.getLogger(__name__)
@@ -436,10 +437,16 @@ def resample_coco(
     return {"images": images, "annotations": anns, "categories": gt["categories"]}, new_results
 
 
+#: z_(1 - 0.05/2) + z_0.80: the smallest detectable difference is this many bootstrap standard errors
+#: (a two-sided test at the 5 % level with 80 % power, normal approximation).
+MDE_Z = 1.959964 + 0.841621
+
+
 def _interval(values: list[float], point: float | None, confidence: float) -> dict:
     v = np.asarray(values, dtype=np.float64)
     lo, hi = np.percentile(v, [50 * (1 - confidence), 50 * (1 + confidence)]) if v.size else (None, None)
     return {
+        "min_detectable_difference": float(MDE_Z * v.std(ddof=1)) if v.size > 1 else None,
         "difference": point,
         "ci_low": None if lo is None else float(lo),
         "ci_high": None if hi is None else float(hi),
@@ -458,8 +465,10 @@ def bootstrap_difference(
     confidence: float = 0.95,
     max_dets: int | None = None,
     backend: str = "faster_coco_eval",
+    per_class: bool = False,
 ) -> dict:
-    """Paired bootstrap over images of ``a`` minus ``b``: class-agnostic segm AP and F1 at IoU 0.5.
+    """Paired bootstrap over images of ``a`` minus ``b``: class-agnostic segm AP and F1 at IoU 0.5 (and,
+    with ``per_class``, each class's segm AP).
 
     Each resample draws the images with replacement (the same draw for both methods), scores both with
     :func:`coco_evaluate` (AP) and :func:`summarize_matches` (F1), and records the difference; the
@@ -472,7 +481,9 @@ def bootstrap_difference(
         ``a``, ``b``, ``n_images``, ``n_resamples``, ``seed``, ``confidence`` and, for ``segm_agnostic_AP``
         and ``f1``: ``a``, ``b`` (full-split values), ``difference``, ``ci_low``, ``ci_high``,
         ``bootstrap_mean``, ``p_not_better`` (share of resamples where ``a`` is not better),
-        ``resamples_used``.
+        ``resamples_used``, ``min_detectable_difference`` (:data:`MDE_Z` bootstrap standard errors: a
+        smaller true difference is likely to go unseen on these images); with ``per_class``,
+        ``per_class_AP`` holds the same for each class.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
@@ -490,6 +501,7 @@ def bootstrap_difference(
     rng = np.random.default_rng(seed)
     ap_diffs: list[float] = []
     f1_diffs: list[float] = []
+    class_diffs: dict[str, list[float]] = {}
     for _ in range(n_resamples):
         idx = rng.integers(0, n, size=n)
         gt_k, (ra, rb) = resample_coco(gt, [a.evaluator.results, b.evaluator.results], idx)
@@ -504,6 +516,12 @@ def bootstrap_difference(
         f1_a = summarize_matches([ma[i] for i in idx])["f1"]
         f1_b = summarize_matches([mb[i] for i in idx])["f1"]
         f1_diffs.append(f1_a - f1_b)
+        if per_class:
+            pa = coco_evaluate(gt_k, ra, iou_type="segm", max_dets=max_dets, backend=backend)["per_class_AP"]
+            pb = coco_evaluate(gt_k, rb, iou_type="segm", max_dets=max_dets, backend=backend)["per_class_AP"]
+            for c in pa:
+                if pa[c] is not None and pb.get(c) is not None:
+                    class_diffs.setdefault(c, []).append(pa[c] - pb[c])
 
     out: dict[str, Any] = {
         "a": a.name,
@@ -517,7 +535,35 @@ def bootstrap_difference(
         va, vb = a.metrics.get(name), b.metrics.get(name)
         point = None if va is None or vb is None else va - vb
         out[name] = {"a": va, "b": vb, **_interval(diffs, point, confidence)}
+    if per_class:
+        ca, cb = a.metrics.get("per_class_segm_AP") or {}, b.metrics.get("per_class_segm_AP") or {}
+        out["per_class_AP"] = {}
+        for c in ca:
+            point = None if ca.get(c) is None or cb.get(c) is None else ca[c] - cb[c]
+            out["per_class_AP"][c] = {
+                "a": ca.get(c),
+                "b": cb.get(c),
+                **_interval(class_diffs.get(c, []), point, confidence),
+            }
     return out
+
+
+def results_method(
+    name: str,
+    gt: CocoDataset,
+    results: Sequence[dict],
+    *,
+    max_dets: int | None = None,
+    score_threshold: float | None = None,
+) -> MethodResult:
+    """A results list (e.g. a results file of any tool) scored on ``gt`` as one :class:`MethodResult`."""
+    preds = results_to_instances(results, gt)
+    ev = Evaluator(
+        gt.categories, label_to_cat_id=gt.label_to_cat_id, max_dets=max_dets, score_threshold=score_threshold
+    )
+    for i, im in enumerate(gt.images):
+        ev.update(gt.load_instances(i), preds[im["id"]], image_id=im["id"], file_name=im.get("file_name", ""))
+    return MethodResult(name, "results", ev.compute(), ev, score_threshold=score_threshold)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -548,6 +594,12 @@ class Comparison:
     chosen_images: list[dict]
     bootstrap: dict | None
     notes: list[str] = field(default_factory=list)
+    #: The model's error analysis (:func:`segbench.eval.analysis.analyse`): confusion, errors, calibrated.
+    analysis: dict | None = None
+    #: Per method, one row per image (:func:`segbench.eval.analysis.per_image_table`).
+    per_image: dict[str, list[dict]] = field(default_factory=dict)
+    #: Suspected label errors (:func:`segbench.eval.analysis.find_label_errors`), when asked for.
+    label_errors: dict | None = None
 
     @property
     def best_baseline(self) -> str | None:
@@ -565,12 +617,15 @@ def compare_methods(
     bootstrap_seed: int = 0,
     overlays: int = 3,
     progress: bool = False,
+    label_errors: bool = False,
 ) -> Comparison:
     """Score every method on ``dataset`` and gather the leaderboard, warnings, PR curves, the images to
     show, and the bootstrap interval of the model against the best baseline.
 
     The images to show are ranked by the model's per-image F1 (by the best baseline's without a model).
     The bootstrap is skipped (with a note) when there is no model, no baseline or ``bootstrap=0``.
+    The model's errors are analysed (confusion, error categories, calibrated thresholds), and with
+    ``label_errors`` the labels that the model and the baselines contradict are listed.
     """
     if not methods:
         raise SegbenchError("nothing to compare: no method given")
@@ -613,6 +668,21 @@ def compare_methods(
             seed=int(bootstrap_seed),
             max_dets=max_dets,
         )
+    per_image = {
+        name: per_image_table(r.evaluator.gt_dataset()["images"], r.evaluator.image_matches)
+        for name, r in results.items()
+    }
+    analysis = found = None
+    if model is not None:
+        gt = model.evaluator.gt_dataset()
+        analysis = analyse(gt, model.evaluator.results, score_threshold=model.score_threshold)
+        if label_errors:
+            others = [r.evaluator.results for r in results.values() if r.kind != "model"]
+            found = find_label_errors(
+                gt, model.evaluator.results, other_results=others, thresholds=analysis["calibrated"]
+            )
+    elif label_errors:
+        notes.append("label errors skipped: they need a model's confident detections (pass ckpt_path=FILE)")
     return Comparison(
         dataset=str(dataset.ann_file),
         split=split,
@@ -625,4 +695,7 @@ def compare_methods(
         chosen_images=chosen,
         bootstrap=boot,
         notes=notes,
+        analysis=analysis,
+        per_image=per_image,
+        label_errors=found,
     )

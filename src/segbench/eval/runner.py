@@ -18,6 +18,7 @@ from segbench.eval.metrics import (
     IOU_TYPES,
     MASK_IOU_TYPES,
     Evaluator,
+    coco_evaluate,
     evaluate_coco_all,
     match_image,
 )
@@ -191,3 +192,82 @@ def evaluate_segmenter(
     metrics = ev.compute()
     metrics["ms_per_image"] = 1000 * seconds / max(n, 1)
     return to_jsonable(metrics), ev
+
+
+#: What ``segbench score backend=all`` runs: COCO's own code, its C++ port, and torchmetrics.
+ALL_BACKENDS = ("pycocotools", "faster_coco_eval", "torchmetrics")
+
+
+def _torchmetrics_map(gt: CocoDataset, results: Sequence[dict], iou_type: str) -> dict:
+    """torchmetrics' ``MeanAveragePrecision`` on the same files, with its defaults (it keeps at most 100
+    detections per image, ``max_detection_thresholds=[1, 10, 100]``)."""
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(iou_type="segm" if iou_type == "segm" else "bbox")
+    preds = results_to_instances(results, gt)
+    for i, im in enumerate(gt.images):
+        g, p = gt.load_instances(i), preds[im["id"]]
+        target = {
+            "labels": torch.as_tensor(g.labels, dtype=torch.long),
+            "iscrowd": torch.as_tensor(g.iscrowd),
+        }
+        pred = {"labels": torch.as_tensor(p.labels, dtype=torch.long), "scores": torch.as_tensor(p.scores)}
+        if iou_type == "segm":
+            target["masks"] = torch.from_numpy(g.get_masks())
+            pred["masks"] = torch.from_numpy(p.get_masks())
+        else:
+            target["boxes"] = torch.as_tensor(g.boxes, dtype=torch.float32)
+            pred["boxes"] = torch.as_tensor(p.boxes, dtype=torch.float32)
+        metric.update([pred], [target])
+    m = metric.compute()
+    return {
+        k: float(m[t]) if float(m[t]) > -1 else None
+        for k, t in (("AP", "map"), ("AP50", "map_50"), ("AP75", "map_75"))
+    }
+
+
+def score_every_backend(
+    gt_file: str | os.PathLike,
+    results_file: str | os.PathLike,
+    *,
+    iou_types: Sequence[str] = ("segm", "bbox"),
+) -> dict:
+    """Class-aware AP / AP50 / AP75 of one results file by pycocotools, faster-coco-eval (each with
+    segbench's default of keeping every detection, and with COCO's cap of 100 per image) and torchmetrics
+    (its defaults), so that a user who sees other numbers elsewhere learns why.
+
+    Returns ``{iou_type: {"pycocotools": {...}, "pycocotools@100": {...}, ..., "torchmetrics": {...}}}`` and
+    ``notes``.
+    """
+    gt = CocoDataset(gt_file, image_root=Path(gt_file).parent)
+    results = load_results(results_file, gt)
+    raw_gt = read_json(gt_file, what="ground-truth file")
+    per_image: dict = defaultdict(int)
+    for r in results:
+        per_image[r["image_id"]] += 1
+    most = max(per_image.values(), default=0)
+    out: dict = {}
+    for t in iou_types:
+        if t == "segm" and results and "segmentation" not in results[0]:
+            continue
+        row = {}
+        for backend in ("pycocotools", "faster_coco_eval"):
+            for cap, tag in ((None, ""), (100, "@100")):
+                s = coco_evaluate(raw_gt, results, iou_type=t, max_dets=cap, backend=backend)
+                row[backend + tag] = {k: s[k] for k in ("AP", "AP50", "AP75")}
+        row["torchmetrics"] = _torchmetrics_map(gt, results, t)
+        out[t] = row
+    notes = [
+        "pycocotools and faster-coco-eval compute the same COCO AP (faster-coco-eval is a C++ port); "
+        "segbench reads the AP from their accumulated precision, keeping every detection unless max_dets is set.",
+        "torchmetrics' MeanAveragePrecision keeps at most 100 detections per image (as COCO's own summary "
+        "does) and decodes the masks itself.",
+    ]
+    if most > 100:
+        notes.append(
+            f"an image here has {most} detections (> 100): the capped numbers (@100, torchmetrics) score only "
+            "the 100 best of each image, which is why they are lower."
+        )
+    out["notes"] = notes
+    return to_jsonable(out)

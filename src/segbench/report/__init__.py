@@ -20,7 +20,7 @@ from pathlib import Path
 
 from segbench.data.coco import CocoDataset
 from segbench.eval.compare import Comparison
-from segbench.io import atomic_write_text, write_json
+from segbench.io import atomic_write_text, write_csv, write_json
 from segbench.report.html import leaderboard_markdown, render_html, render_markdown
 from segbench.report.tables import LEADERBOARD_COLUMNS, leaderboard_csv
 
@@ -175,7 +175,10 @@ def write_report(
             }
         )
 
+    sections = _analysis_sections(comparison, dataset, out, paths, files, overlays)
+
     ctx = {
+        "sections": sections,
         "title": title,
         "created": datetime.now().isoformat(timespec="seconds"),
         "dataset": comparison.dataset,
@@ -198,3 +201,178 @@ def write_report(
     paths["html"] = atomic_write_text(out / "report.html", render_html(ctx))
     log.info("wrote the report to %s", paths["html"])
     return paths
+
+
+#: Rows of the per-image table shown in the report (the whole table is in per_image.csv).
+PER_IMAGE_SHOWN = 10
+#: Suspected label errors drawn as crops (all are in label_errors.json).
+LABEL_ERROR_CROPS = 12
+
+
+def _crop(image, rle: dict, bbox, margin: float = 0.5):
+    """The box of one mask with ``margin`` of its size around it, and the mask cropped alike."""
+    from pycocotools import mask as mask_utils
+
+    h, w = image.shape[:2]
+    x, y, bw, bh = bbox
+    mx, my = max(4, margin * bw), max(4, margin * bh)
+    x0, y0 = int(max(0, x - mx)), int(max(0, y - my))
+    x1, y1 = int(min(w, x + bw + mx)), int(min(h, y + bh + my))
+    mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"]}).astype(bool)
+    return image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+
+
+def _analysis_sections(
+    comparison, dataset, out: Path, paths: dict, files: list, overlays: list
+) -> list[dict]:
+    """The report's sections on where the errors are: the model's error categories and confusion, its
+    calibrated thresholds, the per-image table and the suspected label errors. Also writes their files."""
+    from segbench.report import plots
+
+    sections: list[dict] = []
+    a = comparison.analysis
+    model = next((r for r in comparison.results.values() if r.kind == "model"), None)
+    if a is not None and model is not None:
+        paths["analysis"] = write_json(out / "analysis.json", a)
+        files.append(("analysis.json (confusion, error categories, calibrated thresholds)", "analysis.json"))
+        e = a["errors"]
+        total = sum(e["counts"].values())
+        rows = [[k, str(v), f"{e['fractions'][k]:.1%}"] for k, v in e["counts"].items()]
+        paths["plot_confusion"] = plots.plot_confusion(
+            a["confusion"], out / "plots" / "confusion.png", title=f"{model.name}: confusion at mask IoU 0.5"
+        )
+        sections.append(
+            {
+                "title": f"Where {model.name}'s errors are",
+                "text": [
+                    f"{e['true_positives']} true positives and {total} errors at mask IoU {e['iou_threshold']:g} "
+                    f"(detections with score ≥ {model.score_threshold:g}), in TIDE's categories, counted with "
+                    "segbench's matcher (COCO's greedy rule): classification = right mask, wrong class; "
+                    f"localisation = right class, IoU {e['background_iou']:g}–{e['iou_threshold']:g}; both = "
+                    "wrong class and poor overlap; duplicate = a second detection of a found object; background = "
+                    "a detection of nothing; missed = an object no detection comes near.",
+                ],
+                "table": {"header": ["error", "count", "share"], "rows": rows},
+                "figures": [
+                    {
+                        "title": "Confusion matrix",
+                        "src": "plots/confusion.png",
+                        "caption": "Rows: the true class (background: detections of nothing); columns: the predicted "
+                        "class (background: missed objects); cells: counts, colour: share of the row.",
+                    }
+                ],
+            }
+        )
+        cal = a["calibrated"]
+        sections.append(
+            {
+                "title": "Calibrated score thresholds",
+                "text": [
+                    "Per class, the score threshold that maximises F1 at mask IoU 0.5 on this split. Training "
+                    "stores the ones of its validation split in the checkpoint; `segbench predict` uses them "
+                    "unless score_threshold= is given."
+                ],
+                "table": {
+                    "header": ["class", "threshold", "F1", "precision", "recall", "objects", "detections"],
+                    "rows": [
+                        [
+                            c,
+                            _num(v["threshold"]),
+                            _num(v["f1"]),
+                            _num(v["precision"]),
+                            _num(v["recall"]),
+                            str(v["objects"]),
+                            str(v["detections"]),
+                        ]  # fmt: skip
+                        for c, v in cal.items()
+                    ],
+                },
+            }
+        )
+
+    # Per-image results: every method's row per image; the worst images of the ranking method shown.
+    if comparison.per_image:
+        flat = [{"method": m, **row} for m, rows in comparison.per_image.items() for row in rows]
+        paths["per_image"] = write_csv(
+            out / "per_image.csv",
+            flat,
+            columns=["method", "image_id", "file_name", "tp", "fp", "fn", "f1", "mean_iou"],
+        )
+        files.append(("per_image.csv (TP / FP / FN, F1, mean IoU per image and method)", "per_image.csv"))
+        ranking = comparison.ranking_method or next(iter(comparison.per_image))
+        drawn = {o["src"].split("_img")[-1].removesuffix(".png"): o["src"] for o in overlays}
+        worst = sorted(comparison.per_image[ranking], key=lambda r: (r["f1"], -(r["fn"] + r["fp"])))[
+            :PER_IMAGE_SHOWN
+        ]
+        methods = list(comparison.per_image)
+        f1 = {m: {r["image_id"]: r["f1"] for r in rows} for m, rows in comparison.per_image.items()}
+        table_rows = []
+        for r in worst:
+            link = drawn.get(str(r["image_id"]))
+            table_rows.append(
+                [f"{r['file_name']} ({r['image_id']})", f"{r['tp']}/{r['fp']}/{r['fn']}", _num(r["mean_iou"])]
+                + [_num(f1[m].get(r["image_id"])) for m in methods]
+                + [link or ""]
+            )
+        sections.append(
+            {
+                "title": f"Per-image results (the {len(worst)} worst by {ranking}'s F1)",
+                "text": [f"Every image and method: per_image.csv. TP/FP/FN and mean IoU are {ranking}'s."],
+                "table": {
+                    "header": ["image", "TP/FP/FN", "mean IoU", *[f"F1 {m}" for m in methods], "overlay"],
+                    "rows": table_rows,
+                    "link_last": True,
+                },
+            }
+        )
+
+    le = comparison.label_errors
+    if le is not None:
+        paths["label_errors"] = write_json(
+            out / "label_errors.json", {k: v for k, v in le.items() if k != "patch"}
+        )
+        paths["label_errors_patch"] = write_json(out / "label_errors_patch.json", le["patch"])
+        files.append(("label_errors.json (suspected label errors, ranked)", "label_errors.json"))
+        files.append(
+            (
+                "label_errors_patch.json (a COCO file of them, to review in the annotation tool)",
+                "label_errors_patch.json",
+            )
+        )
+        ranked = sorted(le["errors"], key=lambda x: (x["rank"], x["kind"]))[:LABEL_ERROR_CROPS]
+        crops, cache = [], {}
+        for x in ranked:
+            i = _image_index(dataset, 0, x["image_id"])
+            if i not in cache:
+                cache = {i: dataset.load_image(i)}
+            crop, mask = _crop(cache[i], x["segmentation"], x["bbox"])
+            score = "" if x["score"] is None else f" {x['score']:.2f}"
+            crops.append((f"{x['kind']} #{x['rank']}: {x['category']}{score}\n{x['file_name']}", crop, mask))
+        figures = []
+        if crops:
+            paths["plot_label_errors"] = plots.plot_crops(crops, out / "plots" / "label_errors.png")
+            figures.append(
+                {
+                    "title": "Suspected label errors",
+                    "src": "plots/label_errors.png",
+                    "caption": "The highest-ranked of each kind, outlined in red: missing_label = a confident model "
+                    "detection that matches no label; not_found = a label that neither the model nor any baseline "
+                    "finds; class_disagrees = the model covers the label with another class.",
+                }
+            )
+        counts = ", ".join(f"{k} {v}" for k, v in le["counts"].items())
+        sections.append(
+            {
+                "title": "Suspected label errors",
+                "text": [
+                    f"{counts}. Review them in your annotation tool: label_errors_patch.json is a COCO file whose "
+                    "annotations are the suggestions (each with a segbench.suggestion note)."
+                ],
+                "figures": figures,
+            }
+        )
+    return sections
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)

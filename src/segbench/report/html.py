@@ -159,6 +159,19 @@ def render_markdown(ctx: Mapping) -> str:
                 p.get("caption", ""),
                 "",
             ]
+    for sec in ctx.get("sections") or []:
+        out += [f"## {sec['title']}", ""] + [*sec.get("text", []), ""]
+        t = sec.get("table")
+        if t:
+            out += ["| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
+            for row in t["rows"]:
+                cells = list(row)
+                if t.get("link_last") and cells[-1]:
+                    cells[-1] = f"[overlay]({_href(cells[-1])})"
+                out.append("| " + " | ".join(cells) + " |")
+            out.append("")
+        for p in sec.get("figures", []):
+            out += [f"![{p['title']}]({_href(p['src'])})", "", p.get("caption", ""), ""]
     if ctx["baselines"]:
         out += ["## Fitted baseline parameters", ""]
         for name, b in ctx["baselines"].items():
@@ -239,6 +252,20 @@ def render_html(ctx: Mapping) -> str:
         parts.append("<h2>Examples</h2>")
         for p in ctx["overlays"]:
             parts += [f"<h3>{escape(p['title'])}</h3>", _figure_html(p)]
+    for sec in ctx.get("sections") or []:
+        parts.append(f"<h2>{escape(sec['title'])}</h2>")
+        parts += [f"<p>{escape(x)}</p>" for x in sec.get("text", [])]
+        t = sec.get("table")
+        if t:
+            head = "".join(f"<th>{escape(h)}</th>" for h in t["header"])
+            body = []
+            for row in t["rows"]:
+                cells = [escape(c) for c in row]
+                if t.get("link_last"):
+                    cells[-1] = f'<a href="{escape(_href(row[-1]))}">overlay</a>' if row[-1] else ""
+                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            parts.append(f"<table><tr>{head}</tr>" + "".join(body) + "</table>")
+        parts += [_figure_html(p) for p in sec.get("figures", [])]
     if ctx["baselines"]:
         parts.append("<h2>Fitted baseline parameters</h2>")
         for name, b in ctx["baselines"].items():

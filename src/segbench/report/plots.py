@@ -178,3 +178,48 @@ def plot_overlay(
     if title:
         fig.suptitle(title, fontsize="medium")
     return _save(fig, path)
+
+
+def plot_confusion(confusion: Mapping, path: str | os.PathLike, *, title: str = "") -> Path:
+    """The confusion matrix of :func:`segbench.eval.analysis.confusion_matrix`: row-normalised colours, counts
+    written in the cells (rows: true class + background, columns: predicted class + background)."""
+    names = list(confusion["classes"])
+    counts = np.asarray(confusion["counts"])
+    norm = np.asarray(confusion["normalised"], dtype=np.float64)
+    n = len(names)
+    side = max(3.5, 0.6 * n + 2.0)
+    fig = _figure(side + 0.8, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize="small",
+                    color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize="small")
+    ax.set_yticks(range(n), names, fontsize="small")
+    ax.set_xlabel("predicted (background: missed)")
+    ax.set_ylabel("true (background: false positive)")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the row")
+    ax.set_title(title or f"Confusion at mask IoU {confusion['iou_threshold']:g}", fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_crops(
+    crops: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | os.PathLike, *, columns: int = 4
+) -> Path:
+    """A grid of image crops, each with one mask outlined: ``(caption, crop uint8 (h, w, 3), mask bool (h, w))``."""
+    n = max(len(crops), 1)
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    fig = _figure(2.6 * cols, 2.8 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k >= len(crops):
+            continue
+        caption, crop, mask = crops[k]
+        shown = crop.copy()
+        shown[find_boundaries(mask, mode="inner")] = (255, 40, 40)
+        ax.imshow(shown, interpolation="nearest")
+        ax.set_title(caption, fontsize="x-small")
+    return _save(fig, path)

@@ -93,8 +93,35 @@ def format_bootstrap(b: dict) -> str:
         lines.append(
             f"{b['a']} - {b['b']} {label}: {s['difference']:+.4f} "
             f"({pct}% CI {s['ci_low']:+.4f} .. {s['ci_high']:+.4f}, {s['resamples_used']} resamples "
-            f"of {b['n_images']} images)"
+            f"of {b['n_images']} images)" + _mde(s)
         )
+    for c, s in (b.get("per_class_AP") or {}).items():
+        if s["difference"] is not None and s["ci_low"] is not None:
+            lines.append(
+                f"  class {c}: segm AP {s['difference']:+.4f} ({pct}% CI {s['ci_low']:+.4f} .. {s['ci_high']:+.4f})"
+                + _mde(s)
+            )
+    return "\n".join(lines)
+
+
+def _mde(s: dict) -> str:
+    mde = s.get("min_detectable_difference")
+    return "" if mde is None else f"; smallest difference these images can detect: {mde:.4f}"
+
+
+def format_backends(b: dict) -> str:
+    """``score backend=all``: class-aware AP / AP50 / AP75 per backend and cap, one row each."""
+    lines = []
+    for t, rows in b.items():
+        if t == "notes":
+            continue
+        lines.append(f"{t:<8}{'AP':>9}{'AP50':>9}{'AP75':>9}")
+        for name, v in rows.items():
+            lines.append(
+                f"  {name:<22}"
+                + "".join(f"{'-' if v[k] is None else f'{v[k]:.4f}':>9}" for k in ("AP", "AP50", "AP75"))
+            )
+    lines += [f"note: {n}" for n in b.get("notes", [])]
     return "\n".join(lines)
 
 
