@@ -13,7 +13,7 @@ $SB train experiment=synth_cpu data.root=data/synth "$@"
 RUN=$(ls -d outputs/train/synth_cpu/*/ | sort | tail -n 1)
 CKPT=$(.venv/bin/python -c "import json,sys; m=json.load(open(sys.argv[1])); print(m.get('best_checkpoint') or m['last_checkpoint'])" "$RUN/metrics.json")
 OUT=outputs/demo/compare_$(date +%Y-%m-%d_%H-%M-%S)
-$SB compare data.root=data/synth ckpt_path="$CKPT" out="$OUT"
+$SB compare data.root=data/synth ckpt_path="$CKPT" out="$OUT" label_errors=true
 echo
 echo "demo done. Training run: $RUN"
 echo "Comparison report: $(cd "$OUT" && pwd)/report.html"
