@@ -183,7 +183,13 @@ def test_compare_with_model_checkpoint(capsys, tiny_root, tiny_ckpt, tmp_path):
     patch = json.loads((out / "label_errors_patch.json").read_text())
     assert sum(le["counts"].values()) == len(le["errors"]) == len(patch["annotations"])
     html = (out / "report.html").read_text()
+    by_iou = model_row(board)["AP_by_iou"]
+    assert list(by_iou) == [f"{0.5 + 0.05 * k:.2f}" for k in range(10)]
+    valid = [v for v in by_iou.values() if v is not None]
+    assert model_row(board)["AP"] == pytest.approx(sum(valid) / len(valid))  # their mean is the AP
+    assert (out / "plots" / "ap_by_iou.png").is_file()
     for section in (
+        "AP at each IoU threshold",
         "Where maskrcnn",
         "Calibrated score thresholds",
         "Per-image results",

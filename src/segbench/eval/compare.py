@@ -304,6 +304,7 @@ def leaderboard_rows(results: Mapping[str, MethodResult] | Sequence[MethodResult
         for k in _AGNOSTIC_KEYS:
             row[k] = m.get(f"segm_agnostic_{k}", m.get(f"segm_{k}"))
         row["boundary_AP"] = m.get("boundary_agnostic_AP", m.get("boundary_AP"))
+        row["AP_by_iou"] = dict(m.get("segm_agnostic_AP_by_iou", m.get("segm_AP_by_iou")) or {})
         model = r.kind == "model"
         row["AP_class_aware"] = m.get("segm_AP") if model else None
         row["per_class_AP"] = dict(m.get("per_class_segm_AP") or {}) if model else {}

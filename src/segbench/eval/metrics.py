@@ -118,6 +118,8 @@ def _read_stats(E, iou_type: str, cat_names: dict[int, str] | None) -> dict:
         "APm": _mean_valid(prec[:, :, :, a["medium"], m]),
         "APl": _mean_valid(prec[:, :, :, a["large"], m]),
     }
+    # AP at each IoU threshold (0.50, 0.55, ..., 0.95): where a method's masks stop holding up
+    out["AP_by_iou"] = {f"{t:.2f}": _mean_valid(prec[k, :, :, a["all"], m]) for k, t in enumerate(iou_thrs)}
     for i, md in enumerate(p.maxDets):
         out[f"AR{md}"] = _mean_valid(rec[:, :, a["all"], i])
     out["AR"] = _mean_valid(rec[:, :, a["all"], m])

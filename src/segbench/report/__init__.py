@@ -230,6 +230,39 @@ def _analysis_sections(
     from segbench.report import plots
 
     sections: list[dict] = []
+    rows = comparison.leaderboard
+    thresholds = list(next((r["AP_by_iou"] for r in rows if r.get("AP_by_iou")), {}))
+    if thresholds:
+        paths["plot_ap_by_iou"] = plots.plot_ap_by_iou(rows, out / "plots" / "ap_by_iou.png")
+        shown = [t for t in thresholds if t in ("0.50", "0.75", "0.85", "0.90", "0.95")]
+        sections.append(
+            {
+                "title": "AP at each IoU threshold",
+                "text": [
+                    "Class-agnostic segm AP at IoU 0.50 ... 0.95 (the mean of these is the segm AP), and boundary "
+                    "AP: a method whose AP falls fast with the threshold, or whose boundary AP is far below its "
+                    "segm AP, finds the objects but not their edges."
+                ],
+                "table": {
+                    "header": ["method", *[f"AP{t[2:]}" for t in shown], "boundary AP"],
+                    "rows": [
+                        [
+                            r["method"],
+                            *[_num(r["AP_by_iou"].get(t)) for t in shown],
+                            _num(r.get("boundary_AP")),
+                        ]
+                        for r in rows
+                    ],
+                },
+                "figures": [
+                    {
+                        "title": "AP at each IoU threshold",
+                        "src": "plots/ap_by_iou.png",
+                        "caption": "Read from the COCO evaluator's precision at each IoU threshold (class-agnostic).",
+                    }
+                ],
+            }
+        )
     a = comparison.analysis
     model = next((r for r in comparison.results.values() if r.kind == "model"), None)
     if a is not None and model is not None:

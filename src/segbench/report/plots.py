@@ -223,3 +223,24 @@ def plot_crops(
         ax.imshow(shown, interpolation="nearest")
         ax.set_title(caption, fontsize="x-small")
     return _save(fig, path)
+
+
+def plot_ap_by_iou(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    """Class-agnostic segm AP at each IoU threshold 0.50 ... 0.95, one line per method: a method whose line
+    falls fast finds the objects but not their edges."""
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    colours = instance_colours(len(rows))
+    for k, r in enumerate(rows):
+        by = r.get("AP_by_iou") or {}
+        xs = [float(t) for t in by if by[t] is not None]
+        ys = [by[t] for t in by if by[t] is not None]
+        if xs:
+            ax.plot(xs, ys, marker="o", ms=3, color=colours[k], label=r["method"])
+    ax.set_xlabel("mask IoU threshold")
+    ax.set_ylabel("AP (class-agnostic)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("AP at each IoU threshold", fontsize="medium")
+    return _save(fig, path)
