@@ -419,3 +419,23 @@ def test_imagenet_weights_load_into_the_backbone(monkeypatch: pytest.MonkeyPatch
     assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
     assert torch.equal(model.backbone.body.layer2[0].conv1.weight, imagenet["layer2.0.conv1.weight"])
     assert not model.backbone.body.conv1.weight.requires_grad  # default: 3 trainable layers
+
+
+def test_mask_resolution_56_predicts_finer_masks_and_trains() -> None:
+    torch.manual_seed(0)
+    model = build_maskrcnn(num_classes=2, backbone="resnet18_fpn", mask_resolution=56, **TINY)
+    assert model.roi_heads.mask_roi_pool.output_size == (28, 28)
+    seen = []
+    model.roi_heads.mask_predictor.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    losses = model([torch.rand(3, 64, 64)], [_target()])
+    assert torch.isfinite(losses["loss_mask"]) and seen == [(56, 56)]
+    model.eval()
+    with torch.inference_mode():
+        model([torch.rand(3, 64, 64)])
+    assert seen[-1] == (56, 56) or len(seen) == 1  # no detection: the mask head does not run
+    default = build_maskrcnn(num_classes=2, backbone="resnet18_fpn", **TINY)
+    assert default.roi_heads.mask_roi_pool.output_size == (14, 14)
+    assert model.state_dict().keys() == default.state_dict().keys()  # the same weights fit both
+    for bad in (27, 8):
+        with pytest.raises(ValueError, match="mask_resolution"):
+            build_maskrcnn(num_classes=2, backbone="resnet18_fpn", mask_resolution=bad, **TINY)

@@ -451,3 +451,22 @@ def test_predict_uses_the_calibrated_thresholds_by_default(tiny_ckpt, image_fold
     assert main(["export", f"ckpt_path={ckpt}", f"out={tmp_path / 'exp'}", "formats=[state_dict]"]) == 0
     card = json.loads((tmp_path / "exp" / "model.json").read_text())
     assert card["score_thresholds"] == {"circle": 0.06, "square": 0.06, "triangle": None}
+
+
+@pytest.mark.slow  # about a minute: an ONNX export of its own
+def test_a_56_pixel_mask_head_exports_and_passes_the_parity_check(tmp_path):
+    from segbench.export import export_checkpoint
+    from segbench.models.module import MaskRCNNModule
+    from segbench.training import save_checkpoint
+
+    torch.manual_seed(0)
+    net = {"backbone": "resnet18_fpn", "weights": None, "min_size": 64, "max_size": 64, "mask_resolution": 56}
+    cats = [{"id": 1, "name": "a"}]
+    module = MaskRCNNModule(
+        net=net, num_classes=1, class_names=["a"], categories=cats, label_to_cat_id={1: 1}
+    )
+    ckpt = save_checkpoint(module, tmp_path / "m56.ckpt")
+    report = export_checkpoint(ckpt, tmp_path / "out", formats=["state_dict", "torchscript", "onnx"])
+    assert report["ok"], {k: v["error"] for k, v in report["formats"].items()}
+    card = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert card["build"]["mask_resolution"] == 56

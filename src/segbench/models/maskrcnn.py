@@ -50,6 +50,7 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _r
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from segbench.models.checkpoint import read_weights
@@ -178,6 +179,7 @@ def build_maskrcnn(
     image_std: Sequence[float] | None = None,
     keep_size: bool = False,
     mask_head_layers: Sequence[int] | None = None,
+    mask_resolution: int = 28,
 ) -> MaskRCNN:
     """Build a torchvision Mask R-CNN for ``num_classes`` foreground classes.
 
@@ -236,6 +238,10 @@ def build_maskrcnn(
         Output channels of the mask head's 3x3 convolutions, e.g. ``[128, 128, 128, 128]``; ``None`` keeps
         torchvision's ``[256, 256, 256, 256]``. A lighter head makes CPU training steps cheaper (the mask head
         runs on every positive RoI); weights files must then have been trained with the same head.
+    mask_resolution
+        Side of the predicted mask per box (torchvision: 28). ``56`` pools the mask head's RoIs at 28 x 28
+        instead of 14 x 14 (its transposed convolution doubles that), so large objects keep a finer edge,
+        for about 4x the mask head's compute. The head's weights do not depend on it: COCO weights load.
 
     Returns
     -------
@@ -298,6 +304,11 @@ def build_maskrcnn(
         kwargs["image_std"] = _floats3("image_std", image_std)
 
     mask_layers = _mask_head_layers(mask_head_layers)
+    mask_resolution = check_int("mask_resolution", mask_resolution, minimum=14, maximum=112)
+    if mask_resolution % 2:
+        raise ValueError(
+            f"mask_resolution must be even (the mask head doubles its RoIs), got {mask_resolution}"
+        )
     body = _build_body(backbone, _NORM_FACTORIES[norm_name], imagenet=source == "imagenet")
     model = _assemble(backbone, body, trainable, anchor_generator, num_classes + 1, kwargs)
     if mask_layers is not None:
@@ -306,6 +317,11 @@ def build_maskrcnn(
             model.backbone.out_channels, mask_layers, 1, norm_layer=norm
         )
         model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1)
+    if mask_resolution != 28:
+        pool = model.roi_heads.mask_roi_pool
+        model.roi_heads.mask_roi_pool = MultiScaleRoIAlign(
+            pool.featmap_names, output_size=mask_resolution // 2, sampling_ratio=pool.sampling_ratio
+        )
     if keep_size:
         t = model.transform
         model.transform = NativeSizeTransform(
