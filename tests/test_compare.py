@@ -349,3 +349,33 @@ def test_bootstrap_difference_has_the_answer_known_by_hand():
 
     same = bootstrap_difference(a, a, n_resamples=10, seed=0)["f1"]
     assert same["difference"] == same["ci_low"] == same["ci_high"] == 0 and same["p_not_better"] == 1
+
+
+def test_compare_refine_edges_adds_a_fitted_method_and_predict_reuses_it(
+    capsys, tiny_root, tiny_ckpt, tmp_path
+):
+    out = tmp_path / "cmp"
+    code, stdout, err = _run(
+        capsys, "compare", f"data.root={tiny_root}", f"out={out}", f"ckpt_path={tiny_ckpt}",
+        "methods=[maskrcnn,threshold]", "bootstrap=0", "fit_images=4", "device=cpu", "refine=edges",
+    )  # fmt: skip
+    assert code == 0, err
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert {r["method"] for r in board["rows"]} == {"maskrcnn", "maskrcnn+refine", "threshold"}
+    params = json.loads((out / "baselines" / "maskrcnn+refine.json").read_text())
+    assert params["name"] == "refine" and "unrefined" in params["fit_scores"]
+    code = main(
+        [
+            "predict",
+            f"ckpt_path={tiny_ckpt}",
+            f"input={tiny_root / 'images'}",
+            f"output={tmp_path / 'pred'}",
+            "refine=edges",
+            f"refine_params={out / 'baselines' / 'maskrcnn+refine.json'}",
+            "progress=false",
+            "score_threshold=0.0",
+        ]  # fmt: skip
+    )
+    assert code == 0
+    assert "edge refinement" in json.loads((tmp_path / "pred" / "summary.json").read_text())["source"]
+    assert main(["predict", f"ckpt_path={tiny_ckpt}", f"input={tiny_root}", "refine=edges"]) == 2

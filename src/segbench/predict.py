@@ -319,6 +319,31 @@ def draw_overlay(
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
+def with_refinement(predictor: Predictor, params_file: str | os.PathLike) -> Predictor:
+    """``predictor`` whose masks are refined against each image's edges (the fitted refinement that
+    ``segbench compare refine=edges`` saved as ``baselines/maskrcnn+refine.json``)."""
+    from segbench.baselines.refine import EdgeRefiner
+
+    try:
+        refiner = EdgeRefiner.load(params_file)
+    except ValueError as e:
+        raise SegbenchError(f"refine_params={params_file}: {e}") from None
+    segment = predictor.segment
+
+    def refined(images: list[np.ndarray]) -> list[Instances]:
+        return [refiner(im, inst) for im, inst in zip(images, segment(images), strict=True)]
+
+    state = "on" if refiner.enabled else "off (the fit found it does not help)"
+    return Predictor(
+        refined,
+        predictor.categories,
+        predictor.label_to_cat_id,
+        f"{predictor.source} + edge refinement {state}",
+        info=predictor.info,
+        score_thresholds=predictor.score_thresholds,
+    )
+
+
 def _threshold_used(predictor: Predictor, score_threshold: float | None) -> float | dict:
     """What ``summary.json`` reports: the one threshold, or the calibrated one of each class."""
     if score_threshold is not None or not predictor.score_thresholds:

@@ -24,8 +24,11 @@ def run(cfg: DictConfig) -> int:
     Keys: data.root, methods (null: maskrcnn when ckpt_path is given, and every baseline), ckpt_path,
     split, fit_split, fit_images, baseline_params_dir, baselines.<name>.<option>, out, max_dets,
     score_threshold, bootstrap (resamples; 0 skips), bootstrap_seed, overlays, limit, device, label_errors
-    (list the labels that the model and the baselines contradict, with a COCO patch).
+    (list the labels that the model and the baselines contradict, with a COCO patch), refine (edges: add
+    maskrcnn+refine, the model's masks snapped to the image's edges, fitted on fit_split), refine_params
+    (a fitted baselines/refine.json of an earlier run instead of fitting).
     """
+    from segbench.baselines.refine import RefinedSegmenter
     from segbench.eval import compare as cmp
     from segbench.models.checkpoint import check_classes
     from segbench.models.segmenter import MaskRCNNSegmenter, resolve_device
@@ -54,6 +57,20 @@ def run(cfg: DictConfig) -> int:
         )
         check_classes(card, dataset, source=ckpt_path, action="compare")
         specs.append(cmp.MethodSpec(cmp.MODEL, seg, kind="model", score_threshold=cfg.score_threshold))
+        if cfg.get("refine") == "edges":
+            params = cfg.get("refine_params")
+            refiner = cmp.prepare_refiner(
+                seg,
+                fit_dataset=None if params else open_data_split(cfg.data, cfg.fit_split),
+                fit_images=cfg.fit_images,
+                params_file=params,
+            )
+            name = f"{cmp.MODEL}+refine"
+            refined = RefinedSegmenter(seg, refiner, name=name)
+            specs.append(cmp.MethodSpec(name, refined, kind="model", score_threshold=cfg.score_threshold))
+            methods.insert(methods.index(cmp.MODEL) + 1, name)
+        elif cfg.get("refine") not in (None, "none"):
+            raise SegbenchError(f"refine={cfg.refine!r} is not valid; choose edges or null")
     if baseline_names:
         params_dir = cfg.get("baseline_params_dir")
         options = OmegaConf.to_container(cfg.get("baselines") or {}, resolve=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from segbench.predict import load_predictor, predict_images
+from segbench.predict import load_predictor, predict_images, with_refinement
+from segbench.types import SegbenchError
 
 
 def run(cfg: DictConfig) -> int:
@@ -15,7 +16,8 @@ def run(cfg: DictConfig) -> int:
     Keys: input, output, ckpt_path | exported (a .onnx / TorchScript file from `segbench export`) |
     method + baseline_params (a baseline), score_threshold (null: the per-class thresholds calibrated
     after training, 0.5 without them), mask_threshold (null: the model's),
-    batch_size, save_overlays, save_masks, device, progress.
+    batch_size, save_overlays, save_masks, device, progress, refine (edges: snap the masks to the image's
+    edges), refine_params (the refinement that `segbench compare refine=edges` fitted).
     Writes predictions.json (COCO results), images.json, categories.json, summary.json, overlays/, masks/.
     """
     predictor = load_predictor(
@@ -26,6 +28,15 @@ def run(cfg: DictConfig) -> int:
         mask_threshold=cfg.get("mask_threshold"),
         device=cfg.get("device", "cpu"),
     )
+    if cfg.get("refine") == "edges":
+        if not cfg.get("refine_params"):
+            raise SegbenchError(
+                "refine=edges needs refine_params=FILE: the refinement fitted by `segbench compare refine=edges` "
+                "(its out/baselines/maskrcnn+refine.json)"
+            )
+        predictor = with_refinement(predictor, cfg.refine_params)
+    elif cfg.get("refine") not in (None, "none"):
+        raise SegbenchError(f"refine={cfg.refine!r} is not valid; choose edges or null")
     s = predict_images(
         predictor,
         cfg.input,

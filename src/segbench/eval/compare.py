@@ -32,9 +32,17 @@ from typing import Any
 import numpy as np
 
 from segbench.baselines import BASELINES, BaseSegmenter, build_baseline, load_baseline
+from segbench.baselines.refine import EdgeRefiner
 from segbench.data.coco import CocoDataset
 from segbench.eval.analysis import analyse, find_label_errors, per_image_table
-from segbench.eval.metrics import Evaluator, coco_evaluate, f1_scorer, pr_curve, summarize_matches
+from segbench.eval.metrics import (
+    Evaluator,
+    coco_evaluate,
+    f1_scorer,
+    pr_curve,
+    segm_ap_scorer,
+    summarize_matches,
+)
 from segbench.eval.runner import evaluate_segmenter, results_to_instances
 from segbench.types import Instances, SegbenchError, Segmenter
 
@@ -209,6 +217,37 @@ def prepare_baselines(
         except (TypeError, ValueError) as e:
             raise SegbenchError(f"fitting baseline '{name}' on {fit_dataset.ann_file} failed: {e}") from None
     return built
+
+
+def prepare_refiner(
+    segmenter: Segmenter,
+    *,
+    fit_dataset: CocoDataset | None,
+    fit_images: int | None,
+    params_file: str | os.PathLike | None = None,
+) -> EdgeRefiner:
+    """The model's mask refinement (:class:`~segbench.baselines.refine.EdgeRefiner`), fitted on the model's
+    predictions of ``fit_dataset`` (at most ``fit_images`` images) against segm AP, or loaded from
+    ``params_file`` (an earlier run's ``baselines/refine.json``)."""
+    if params_file:
+        try:
+            return EdgeRefiner.load(params_file)
+        except ValueError as e:
+            raise SegbenchError(f"refine_params={params_file}: {e}") from None
+    if fit_dataset is None or len(fit_dataset) == 0:
+        raise SegbenchError(
+            "refine=edges is fitted on the fit split, which has no images; pass fit_split=..."
+        )
+    idx = fit_indices(len(fit_dataset), fit_images)
+    images = [fit_dataset.load_image(i) for i in idx]
+    log.info("fitting the mask refinement on the model's predictions of %d images", len(idx))
+    return EdgeRefiner().fit(
+        images,
+        [segmenter(im) for im in images],
+        [fit_dataset.load_instances(i) for i in idx],
+        scorer=segm_ap_scorer,
+        tolerance=0.001,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

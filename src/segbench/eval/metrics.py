@@ -543,6 +543,22 @@ def f1_scorer(gts: Sequence[Instances], preds: Sequence[Instances]) -> float:
     return float(matching_scores(gts, preds, iou_threshold=0.5)["f1"])
 
 
+def segm_ap_scorer(gts: Sequence[Instances], preds: Sequence[Instances]) -> float:
+    """Class-agnostic COCO segm AP of predictions (with scores) against ground truth: the scorer that fits
+    the mask refinement (it must not cost AP). 0 where nothing can be scored."""
+    images, anns, results = [], [], []
+    for k, (g, p) in enumerate(zip(gts, preds, strict=True)):
+        h, w = g.image_size
+        images.append({"id": k + 1, "height": h, "width": w})
+        anns += instances_to_coco_annotations(g, k + 1, start_id=len(anns) + 1)
+        if len(p):
+            results += instances_to_results(p, k + 1)
+    labels = sorted({a["category_id"] for a in anns} | {r["category_id"] for r in results}) or [1]
+    gt = {"images": images, "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in labels]}
+    ap = coco_evaluate(gt, results, iou_type="segm", class_agnostic=True)["AP"]
+    return 0.0 if ap is None else float(ap)
+
+
 def evaluate_coco_all(
     gt: dict,
     results: list[dict],
