@@ -40,3 +40,28 @@ def test_predict_instances_equals_model_forward():
         assert np.allclose(o.boxes, r["boxes"].numpy(), atol=1e-4)
         assert np.allclose(o.scores, r["scores"].numpy(), atol=1e-6)
         assert (o.get_masks() == (r["masks"][:, 0] > 0.5).numpy()).all()
+
+
+def test_boxes_below_the_threshold_get_no_mask_and_the_kept_ones_are_unchanged():
+    torch.manual_seed(0)
+    model = build_maskrcnn(
+        num_classes=2, backbone="resnet18_fpn", min_size=64, max_size=96, box_score_thresh=0.0,
+        box_detections_per_img=50,
+    )  # fmt: skip
+    model.eval()
+    images = [torch.rand(3, 70, 90), torch.rand(3, 50, 64)]
+    rois = []
+    model.roi_heads.mask_head.register_forward_hook(lambda m, i, o: rois.append(int(o.shape[0])))
+    everything = predict_instances(model, images)
+    all_rois = sum(rois)
+    cut = float(np.median(np.concatenate([p.scores for p in everything])))  # half the detections
+    rois.clear()
+    kept = predict_instances(model, images, score_threshold=cut)
+    assert sum(rois) < all_rois and sum(rois) == sum(len(k) for k in kept)  # masks only for the kept boxes
+    assert model.roi_heads.score_thresh == 0.0  # restored after the call
+    for full, k in zip(everything, kept, strict=True):
+        ref = full.select(full.scores >= cut)
+        assert len(k) == len(ref)
+        np.testing.assert_allclose(k.boxes, ref.boxes, atol=1e-4)
+        np.testing.assert_allclose(k.scores, ref.scores, atol=1e-6)
+        assert (k.get_masks() == ref.get_masks()).all()

@@ -130,6 +130,12 @@ class Predictor:
         cut = np.asarray([self.score_thresholds.get(int(lbl), 0.5) for lbl in inst.labels])
         return inst.select(inst.scores >= cut)
 
+    def lowest_kept_score(self, score_threshold: float | None) -> float:
+        """The lowest score :meth:`keep` can keep with ``score_threshold``."""
+        if score_threshold is not None:
+            return float(score_threshold)
+        return min([0.5, *self.score_thresholds.values()]) if self.score_thresholds else 0.5
+
     def label_names(self) -> dict[int, str]:
         by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in self.categories}
         return {lbl: by_id.get(cat, str(cat)) for lbl, cat in self.label_to_cat_id.items()}
@@ -180,6 +186,7 @@ def load_predictor(
     baseline_params: str | os.PathLike | None = None,
     mask_threshold: float | None = None,
     device: str = "cpu",
+    score_threshold: float | None = None,
 ) -> Predictor:
     """Open exactly one source: a checkpoint, an exported model, or a baseline.
 
@@ -196,6 +203,9 @@ def load_predictor(
         Mask probability threshold; ``None``: the one the model was trained with.
     device
         ``cpu`` or ``cuda`` (models only).
+    score_threshold
+        The threshold :func:`predict_images` will apply (``None``: the calibrated ones): a checkpoint's
+        model then skips the masks of the boxes below it.
     """
     given = [n for n, v in (("ckpt_path", ckpt_path), ("exported", exported)) if v]
     if method or baseline_params:
@@ -208,12 +218,15 @@ def load_predictor(
     if ckpt_path:
         from segbench.models.segmenter import MaskRCNNSegmenter
 
-        seg, meta = MaskRCNNSegmenter.from_checkpoint(ckpt_path, score_threshold=0.0, device=device)
+        seg, meta = MaskRCNNSegmenter.from_checkpoint(ckpt_path, device=device)
         seg.mask_threshold = _mask_threshold(meta, mask_threshold)
         cats, l2c = _categories_from(meta)
-        return Predictor(
+        predictor = Predictor(
             seg.predict_batch, cats, l2c, f"checkpoint {ckpt_path}", score_thresholds=_thresholds_from(meta)
         )
+        # no mask for a box below every threshold that will be applied: it would be thrown away
+        seg.score_threshold = predictor.lowest_kept_score(score_threshold)
+        return predictor
     if exported:
         from segbench.export import load_exported_model
 

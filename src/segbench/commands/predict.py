@@ -27,6 +27,7 @@ def run(cfg: DictConfig) -> int:
         baseline_params=cfg.get("baseline_params"),
         mask_threshold=cfg.get("mask_threshold"),
         device=cfg.get("device", "cpu"),
+        score_threshold=cfg.score_threshold,
     )
     if cfg.get("refine") == "edges":
         if not cfg.get("refine_params"):

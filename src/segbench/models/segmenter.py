@@ -87,12 +87,18 @@ def paste_masks_to_rles(
 
 
 @torch.inference_mode()
-def predict_instances(model, images: list[torch.Tensor], *, mask_threshold: float = 0.5) -> list[Instances]:
+def predict_instances(
+    model, images: list[torch.Tensor], *, mask_threshold: float = 0.5, score_threshold: float = 0.0
+) -> list[Instances]:
     """Run a torchvision Mask R-CNN (eval mode) on ``FloatTensor[3, H, W]`` images; :class:`Instances` at
     the original sizes with RLE masks.
 
-    The same network computation as ``model(images)``; only the last step differs: masks are pasted
-    and encoded by :func:`paste_masks_to_rles` instead of being pasted as ``N`` full-size float images.
+    The same network computation as ``model(images)``; only the last steps differ: boxes scoring below
+    ``score_threshold`` are dropped *before* the mask head (the RoI heads' own ``score_thresh`` is raised
+    to it for the call), so no mask is computed for a detection that would be thrown away — the boxes,
+    scores and masks of the detections kept are the same (a box below the threshold can suppress in NMS
+    only boxes below it); and masks are pasted and encoded by :func:`paste_masks_to_rles` instead of being
+    pasted as ``N`` full-size float images.
     """
     from torchvision.models.detection.transform import resize_boxes
 
@@ -100,7 +106,13 @@ def predict_instances(model, images: list[torch.Tensor], *, mask_threshold: floa
     image_list, _ = model.transform(list(images))
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features)
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    heads = model.roi_heads
+    own = heads.score_thresh
+    heads.score_thresh = max(own, float(score_threshold))
+    try:
+        detections, _ = heads(features, proposals, image_list.image_sizes)
+    finally:
+        heads.score_thresh = own
     out = []
     for det, in_size, size in zip(detections, image_list.image_sizes, sizes, strict=True):
         boxes = resize_boxes(det["boxes"], in_size, size)
@@ -145,10 +157,9 @@ class MaskRCNNSegmenter:
     @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray]) -> list[Instances]:
         tensors = [image_to_tensor(im, self.device) for im in images]
-        out = predict_instances(self.model, tensors, mask_threshold=self.mask_threshold)
-        if self.score_threshold > 0:
-            out = [p.select(p.scores >= self.score_threshold) for p in out]
-        return out
+        return predict_instances(
+            self.model, tensors, mask_threshold=self.mask_threshold, score_threshold=self.score_threshold
+        )
 
     def __call__(self, image: np.ndarray) -> Instances:
         return self.predict_batch([image])[0]
