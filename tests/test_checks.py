@@ -11,7 +11,7 @@ from PIL import Image
 
 from segbench.cli import main
 from segbench.data.coco import CocoDataset
-from segbench.data.doctor import KINDS, LEFT_ALONE, check_dataset, check_split, fix_dataset
+from segbench.data.doctor import CROSS_SPLIT, KINDS, LEFT_ALONE, check_dataset, check_split, fix_dataset
 from segbench.types import SegbenchError, masks_to_rles
 from tests.conftest import SHARED_DATA
 
@@ -33,7 +33,11 @@ def ann(i, image_id=1, cat=1, seg=None, bbox=None, **kw):
         xy = np.asarray(seg[0], float).reshape(-1, 2)
         bbox = [xy[:, 0].min(), xy[:, 1].min(), np.ptp(xy[:, 0]), np.ptp(xy[:, 1])]
     a["bbox"] = [float(v) for v in bbox]
-    a["area"] = float(a["bbox"][2] * a["bbox"][3])
+    if isinstance(seg, list) and seg and isinstance(seg[0], list) and len(seg[0]) >= 6:  # the polygon's area
+        x, y = np.asarray(seg[0][0::2], float), np.asarray(seg[0][1::2], float)
+        a["area"] = float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    else:
+        a["area"] = float(a["bbox"][2] * a["bbox"][3])
     a.update(kw)
     return a
 
@@ -50,6 +54,12 @@ def write_broken(root: Path) -> Path:
     for name in ("a.png", "wrong.png", "nosize.png", "x.png", "y.png", "abs.png", "crowded.png"):
         Image.fromarray(noise()).save(img_dir / name)
     Image.fromarray(noise(seed=1)).save(img_dir / "corrupt.png")
+    for sub in ("sub", "elsewhere", "d1", "d2"):
+        (img_dir / sub).mkdir()
+    Image.fromarray(noise(seed=2)).save(img_dir / "sub" / "win.png")
+    Image.fromarray(noise(seed=3)).save(img_dir / "elsewhere" / "moved.png")
+    Image.fromarray(noise(seed=4)).save(img_dir / "d1" / "twin.png")
+    Image.fromarray(noise(seed=5)).save(img_dir / "d2" / "twin.png")
     data = (img_dir / "corrupt.png").read_bytes()
     (img_dir / "corrupt.png").write_bytes(data[: len(data) * 2 // 3])  # truncated: header intact
 
@@ -68,6 +78,9 @@ def write_broken(root: Path) -> Path:
         im(8, "../outside.png"),  # unsafe_file_name, no such file in the folder: dropped
         im(9, "/labeller/home/abs.png"),  # unsafe_file_name, abs.png is in the folder: renamed
         im(10, "crowded.png"),  # too_many_objects
+        im(11, "sub\\win.png"),  # indirect_file_name: Windows backslashes (fix rewrites it)
+        im(12, "moved.png"),  # missing_image, one file of that base name elsewhere: recovered by fix
+        im(13, "twin.png"),  # missing_image, two files of that base name: listed, dropped by fix
         {"file_name": "no-id.png", "height": H, "width": W},  # malformed_entry
     ]
     cats = [
@@ -75,6 +88,7 @@ def write_broken(root: Path) -> Path:
         {"id": 0, "name": "background"},  # category_id_zero
         {"id": 2, "name": "b"},
         {"id": 2, "name": "b-again"},  # duplicate_category_id
+        {"id": 3, "name": "a"},  # duplicate_category_name (merged into 1 by fix); 'b' is unused_category
     ]
     crowd = np.zeros((H, W), bool)
     crowd[2:6, 30:34] = True
@@ -95,6 +109,8 @@ def write_broken(root: Path) -> Path:
         ann(14, seg=[square(60, 60, 70, 70)]),  # empty_mask (and a bbox outside the image)
         ann(15, seg=masks_to_rles(crowd[None])[0], bbox=[30, 2, 4, 4], iscrowd=1),  # crowd_object
         {k: v for k, v in ann(16, seg=[square(12, 12, 18, 18)]).items() if k != "area"},  # bad_area
+        ann(17, image_id=7, seg=[square(30, 20, 38, 28)], area=0.03),  # area_mismatch (a normalised area)
+        ann(18, image_id=7, cat=3, seg=[square(12, 20, 18, 26)]),  # of the second 'a' category
         *[ann(100 + j, image_id=10, seg=[square(2 + 6 * j, 2, 6 + 6 * j, 6)]) for j in range(MAX_DETS + 1)],
         ann(21, image_id=6),  # of an ambiguous image id: dropped by fix
         ann(22, image_id=2),  # of the missing image: dropped by fix
@@ -108,7 +124,7 @@ def write_broken(root: Path) -> Path:
 EXPECTED = {
     "malformed_entry": {(None, None)},
     "unsafe_file_name": {(8, None), (9, None)},
-    "missing_image": {(2, None)},
+    "missing_image": {(2, None), (12, None), (13, None)},
     "unreadable_image": {(3, None)},
     "size_mismatch": {(4, None)},
     "missing_size": {(5, None)},
@@ -130,6 +146,10 @@ EXPECTED = {
     "bad_area": {(1, 16)},
     "crowd_object": {(1, 15)},
     "too_many_objects": {(10, None)},
+    "indirect_file_name": {(11, None)},
+    "unused_category": {(None, None)},
+    "duplicate_category_name": {(None, None)},
+    "area_mismatch": {(7, 17)},
 }
 
 
@@ -144,7 +164,9 @@ def test_every_kind_is_reported_with_its_ids(broken):
     rep = check_dataset(broken, max_dets=MAX_DETS)
     got = {k: {(i.image_id, i.ann_id) for i in v} for k, v in rep.by_kind().items()}
     assert got == EXPECTED
-    assert set(EXPECTED) | {"malformed_json", "all_crowd"} == set(KINDS)  # every kind is tested
+    # every kind is tested: here, or (malformed_json, all_crowd) below, the cross-split kinds in
+    # tests/test_leakage.py and the loader's untrained_category in tests/test_datamodule.py
+    assert set(EXPECTED) | {"malformed_json", "all_crowd", "untrained_category"} | CROSS_SPLIT == set(KINDS)
     by_kind = rep.by_kind()
     assert by_kind["missing_image"][0].file_name == "missing.png"
     assert "40x40" in by_kind["size_mismatch"][0].message and "48x32" in by_kind["size_mismatch"][0].message
@@ -184,7 +206,9 @@ def test_fix_writes_a_clean_copy_and_a_log(broken):
     fixed = json.loads(out.read_text())
     assert fixed["info"] == {"x": 1}
     images = {im["id"]: im for im in fixed["images"]}
-    assert sorted(images) == [1, 4, 5, 7, 9, 10]  # missing, corrupt, ambiguous, unsafe, malformed dropped
+    # missing, corrupt, ambiguous, unsafe, malformed dropped; 12 (moved) recovered, 11 renamed
+    assert sorted(images) == [1, 4, 5, 7, 9, 10, 11, 12]
+    assert images[11]["file_name"] == "sub/win.png" and images[12]["file_name"] == "elsewhere/moved.png"
     assert (images[4]["height"], images[4]["width"]) == (H, W)
     assert (images[5]["height"], images[5]["width"]) == (H, W)
     assert images[9]["file_name"] == "abs.png"
@@ -222,10 +246,22 @@ def test_check_split_checks_fixes_and_checks_the_fixed_file(broken):
     assert result.log_file == broken.with_name("instances_train.fixes.log") and result.log_file.is_file()
     assert (result.errors, result.warnings) == (0, result.fixed_report.warnings)  # what is left counts
     text = result.format(title="train", max_examples=1)
-    assert text.startswith("[train] ") and "\n\n[train] fix: 27 change(s) -> " in text
+    # 27 changes + 5 of this session's checks: 2 file names rewritten (11 renamed, 12 recovered), the
+    # ambiguous 13 dropped, ann 17's area, category 3 merged into 1
+    assert text.startswith("[train] ") and "\n\n[train] fix: 32 change(s) -> " in text
+    assert (
+        "[train] fix: images: 2 recovered (file found, file_name rewritten), 1 file_name(s) rewritten" in text
+    )
+    assert "7 dropped; annotations: 8 dropped" in text
+    assert result.to_dict()["fix_summary"] == {
+        "recovered_images": 2,
+        "renamed_images": 1,
+        "dropped_images": 7,
+        "dropped_annotations": 8,
+    }
     assert "[train fixed] " in text
     d = result.to_dict()
-    assert set(d) == {"check", "fixed", "changes"} and d["changes"] == result.changes
+    assert set(d) == {"check", "fixed", "changes", "fix_summary"} and d["changes"] == result.changes
     only = check_split(broken, max_dets=MAX_DETS)  # no fix asked: nothing written, the original counts
     assert only.fixed_report is None and set(only.to_dict()) == {"check"}
     assert only.errors == result.report.errors and "fix:" not in only.format(title="train").split("\n")[0]
@@ -238,7 +274,8 @@ def test_check_split_with_nothing_to_fix_writes_nothing(tmp_path):
         tmp_path, [("a.png", noise())], [ann(1)], [{"id": 0, "name": "bg"}, {"id": 1, "name": "a"}]
     )
     result = check_split(p, fix=True)
-    assert [i.kind for i in result.report.issues] == ["category_id_zero"]  # left alone by the fix
+    # left alone by the fix: category 0 'bg' has no annotation
+    assert [i.kind for i in result.report.issues] == ["category_id_zero", "unused_category"]
     assert result.fixed_file is None and not p.with_name("instances_train.fixed.json").exists()
     assert result.format(title="train").endswith(f"[train] fix: nothing to change ({p} is left as it is)")
 
@@ -322,7 +359,7 @@ def test_command_on_the_broken_set(broken, capsys):
     args = ["data", "check", f"data.root={root}", f"max_dets={MAX_DETS}", "max_examples=3"]
     assert main(args) == 1  # val is absent: skipped; train has errors
     out = capsys.readouterr().out
-    assert "[train]" in out and "ERROR   missing_image (1)" in out and "WARNING too_many_objects (1)" in out
+    assert "[train]" in out and "ERROR   missing_image (3)" in out and "WARNING too_many_objects (1)" in out
     assert "- image 2 'missing.png': not found" in out
     assert out.index("ERROR") < out.index("WARNING")
     assert "errors remain" in out
@@ -346,3 +383,101 @@ def test_real_sets_have_no_errors(name):
         # dsb2018 has up to 375 nuclei per image: more than the default cap of 100 detections
         assert set(rep.by_kind()) <= {"too_many_objects"}
         assert bool(rep.warnings) == (name == "dsb2018")
+
+
+# --------------------------------------------------------------------------------------------------
+# The doctor repairs instead of dropping (issue 13)
+# --------------------------------------------------------------------------------------------------
+def _one_image(tmp_path, file_name, stored: list[str], **kw):
+    """A split whose one image is named ``file_name`` in the JSON and stored at ``images/<stored[k]>``."""
+    from tests.conftest import write_coco
+
+    entries = [{"id": 1, "file_name": file_name, "height": H, "width": W}]
+    p = write_coco(
+        tmp_path,
+        [(s, noise(seed=k)) for k, s in enumerate(stored)],
+        [ann(1)],
+        kw.get("cats", [{"id": 1, "name": "a"}]),
+        image_entries=entries,
+    )
+    return p
+
+
+def test_missing_image_found_by_base_name_is_recovered(tmp_path, capsys):
+    p = _one_image(tmp_path, "a.png", ["2024/batch1/a.png"])
+    rep = check_dataset(p)
+    (issue,) = rep.issues
+    assert issue.kind == "missing_image"
+    assert issue.message.endswith("found by its base name: '2024/batch1/a.png' (fix=true rewrites file_name)")
+    assert main(["data", "check", f"data.root={tmp_path}", "fix=true"]) == 0  # the fixed file has no error
+    out = capsys.readouterr().out
+    assert "[train] fix: images: 1 recovered (file found, file_name rewritten)" in out and "0 dropped" in out
+    fixed = p.with_name("instances_train.fixed.json")
+    assert json.loads(fixed.read_text())["images"][0]["file_name"] == "2024/batch1/a.png"
+    log = p.with_name("instances_train.fixes.log").read_text()
+    assert "images: 1 recovered" in log.splitlines()[0]
+    assert (
+        "image 1 'a.png': file_name -> '2024/batch1/a.png' (file not found; the one file of its base name"
+        in log
+    )
+    assert CocoDataset(fixed)[0].image.shape == (H, W, 3)
+
+
+def test_base_name_matched_without_case(tmp_path):
+    p = _one_image(tmp_path, "IMG_0001.JPG", ["export/img_0001.jpg"])
+    out, changes = fix_dataset(p, check_dataset(p))
+    assert json.loads(out.read_text())["images"][0]["file_name"] == "export/img_0001.jpg"
+    assert changes.recovered == 1 and changes.dropped_images == 0
+
+
+def test_several_candidates_are_listed_not_guessed(tmp_path):
+    p = _one_image(tmp_path, "a.png", ["d1/a.png", "d2/a.png"])
+    rep = check_dataset(p)
+    (issue,) = rep.issues
+    assert issue.kind == "missing_image"
+    assert "2 files of its base name are in the image folder: 'd1/a.png', 'd2/a.png'" in issue.message
+    assert "does not guess" in issue.message
+    out, changes = fix_dataset(p, rep)
+    assert json.loads(out.read_text())["images"] == []
+    assert (changes.recovered, changes.dropped_images, changes.dropped_annotations) == (0, 1, 1)
+    assert "dropped image 1 'a.png' and its annotations: file not found" in changes
+
+
+def test_unsafe_name_with_several_candidates_is_dropped(tmp_path):
+    p = _one_image(tmp_path, "/home/labeller/a.png", ["d1/a.png", "d2/a.png"])
+    (issue,) = check_dataset(p).issues
+    assert issue.kind == "unsafe_file_name" and "2 files of its base name" in issue.message
+
+
+def test_duplicate_category_names_are_merged(tmp_path):
+    from tests.conftest import write_coco
+
+    cats = [{"id": 1, "name": "cell"}, {"id": 5, "name": "cell"}]
+    p = write_coco(tmp_path, [("a.png", noise())], [ann(1), ann(2, cat=5, seg=[square(20, 2, 28, 10)])], cats)
+    rep = check_dataset(p)
+    assert [(i.kind, i.message) for i in rep.issues] == [
+        (
+            "duplicate_category_name",
+            "category name 'cell' has the ids [1, 5]: two classes for one thing "
+            "(fix=true merges them into 1)",
+        )
+    ]
+    out, changes = fix_dataset(p, rep)
+    fixed = json.loads(out.read_text())
+    assert fixed["categories"] == [{"id": 1, "name": "cell"}]
+    assert [a["category_id"] for a in fixed["annotations"]] == [1, 1]
+    assert "merged category 5 'cell' into 1 (the same name): 1 annotation(s) now of category 1" in changes
+    assert check_dataset(out).issues == []
+
+
+def test_area_far_from_the_mask_is_repaired(tmp_path):
+    from tests.conftest import write_coco
+
+    anns = [ann(1, area=0.02), ann(2, seg=[square(20, 2, 28, 10)], area=70.0)]  # 0.02: normalised; 70 ~ 64
+    p = write_coco(tmp_path, [("a.png", noise())], anns, [{"id": 1, "name": "a"}])
+    rep = check_dataset(p)
+    assert [(i.kind, i.ann_id, i.message) for i in rep.issues] == [
+        ("area_mismatch", 1, "area is 0.02 but the mask has 64 pixels")
+    ]
+    out, _ = fix_dataset(p, rep)
+    assert [a["area"] for a in json.loads(out.read_text())["annotations"]] == [64.0, 70.0]

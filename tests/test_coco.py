@@ -87,11 +87,16 @@ def test_noncontiguous_and_zero_based_category_ids(tmp_path, rgb):
         ],
         cats,
     )
+    kept = CocoDataset(p, keep_empty_classes=True)  # 'three' has no annotation: a class only on request
+    assert kept.class_names == ["zero", "three", "seven"]
+    assert kept.cat_id_to_label == {0: 1, 3: 2, 7: 3}
+    assert kept[0].instances.labels.tolist() == [3, 1]
     ds = CocoDataset(p)
-    assert ds.class_names == ["zero", "three", "seven"]
-    assert ds.cat_id_to_label == {0: 1, 3: 2, 7: 3}
+    assert ds.class_names == ["zero", "seven"] and [c["name"] for c in ds.empty_categories] == ["three"]
+    assert ds.cat_id_to_label == {0: 1, 7: 2}
+    assert [c["id"] for c in ds.all_categories] == [0, 3, 7]  # kept for the id mapping
     inst = ds[0].instances
-    assert inst.labels.tolist() == [3, 1]
+    assert inst.labels.tolist() == [2, 1]
     # mapped back when results are written
     from segbench.eval.metrics import instances_to_results
 

@@ -43,8 +43,8 @@ outside pytest and returns (case, expected, observed) rows::
 | too_many_objects/check         | data check max_dets=3: 5 objects in one image               | exit 0: too_many_objects warning + key to raise                                 |
 | file_name_dotdot/check         | data check: file_name '../x.png'                            | exit 1: unsafe_file_name + id + fix                                             |
 | file_name_dotdot/train         | train: file_name '../x.png'                                 | exit 2: stopped before training, names JSON, id, name, fix                      |
-| file_name_absolute/stats       | data stats: file_name '/abs/.../b.png'                      | exit 2: names JSON, id, name, fix                                               |
-| file_name_absolute/check       | data check: file_name '/abs/.../b.png'                      | exit 1: unsafe_file_name + id + fix                                             |
+| file_name_absolute/stats       | data stats: file_name '/abs/.../b.png' inside data.root     | exit 0: found: the image is read                                                |
+| file_name_absolute/check       | data check: file_name '/abs/.../b.png' inside data.root     | exit 0: indirect_file_name warning + fix                                        |
 | invalid_json/check             | data check: instances_train.json cut short                  | exit 1: malformed_json + file + fix                                             |
 | invalid_json/train             | train: instances_train.json cut short                       | exit 2: stopped before training, names file + position + fix                    |
 | json_list/stats                | data stats: instances_train.json is []                      | exit 2: names the file and what COCO needs                                      |
@@ -662,12 +662,15 @@ CASES: list[Case] = [
     Case("file_name_dotdot/train", lambda t: train(t, _with(_dotdot)(t)), 2,
          ("instances_train.json", "image id 2", "'../x.png'", "move the image inside that folder"),
          "train: file_name '../x.png'", "stopped before training, names JSON, id, name, fix"),
-    Case("file_name_absolute/stats", lambda t: stats(edit(dataset(t), _absolute(t / "ds"))), 2,
-         ("instances_train.json", "image id 2", "absolute path", "Rewrite it relative to that folder"),
-         "data stats: file_name '/abs/.../b.png'", "names JSON, id, name, fix"),
-    Case("file_name_absolute/check", lambda t: check(edit(dataset(t), _absolute(t / "ds"))), 1,
-         ("unsafe_file_name (1)", "image 2", "absolute path", "fix=true renames it"),
-         "data check: file_name '/abs/.../b.png'", "unsafe_file_name + id + fix"),
+    # an absolute path inside the dataset folder is found (issue 13: the lookup accepts it); outside it
+    # is refused (tests/test_quirks.py)
+    Case("file_name_absolute/stats", lambda t: stats(edit(dataset(t), _absolute(t / "ds"))), 0,
+         ("[train] 2 images", "instances per class: blob=2"),
+         "data stats: file_name '/abs/.../b.png' inside data.root", "found: the image is read"),
+    Case("file_name_absolute/check", lambda t: check(edit(dataset(t), _absolute(t / "ds"))), 0,
+         ("WARNING indirect_file_name (1)", "image 2", "absolute path inside the dataset folder",
+          "fix=true rewrites it to 'b.png'"),
+         "data check: file_name '/abs/.../b.png' inside data.root", "indirect_file_name warning + fix"),
     Case("invalid_json/check", lambda t: check(_write_json_text('{"images": [')(t)), 1,
          ("malformed_json (1)", "instances_train.json", "not valid JSON", "re-export"),
          "data check: instances_train.json cut short", "malformed_json + file + fix"),

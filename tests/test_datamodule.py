@@ -84,3 +84,53 @@ def test_datamodule_loaders(synth_root):
     assert len(images) == 2 and metas[0]["gt"].image_size == tuple(images[0].shape[1:])
     assert dm.num_classes == 3 and dm.class_names == ["circle", "square", "triangle"]
     assert collate([(1, "a"), (2, "b")]) == ((1, 2), ("a", "b"))
+
+
+def _two_splits(tmp_path, train_cats: list[int], val_cats: list[int]):
+    """train and val of one image each; one square object per category id listed; categories 1, 2, 3."""
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+    for split, used in (("train", train_cats), ("val", val_cats)):
+        masks = np.zeros((len(used), 32, 48), bool)
+        for k in range(len(used)):
+            masks[k, 2:8, 2 + 10 * k : 8 + 10 * k] = True
+        rles = masks_to_rles(masks)
+        anns = [
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": c,
+                "segmentation": rles[k],
+                "iscrowd": 0,
+                "area": 36.0,
+            }
+            for k, c in enumerate(used)
+        ]
+        write_coco(tmp_path, [(f"{split}.png", np.full((32, 48, 3), 90, np.uint8))], anns, cats, split=split)
+    return tmp_path
+
+
+def test_val_uses_the_train_classes(tmp_path):
+    # train has no 'c' (not a class); val has no 'b' but keeps it; val's 'c' object is dropped, counted
+    root = _two_splits(tmp_path, [1, 2], [1, 3])
+    dm = CocoDataModule(root=str(root), num_workers=0)
+    dm.setup("fit")
+    assert dm.class_names == ["a", "b"] and dm.val_coco.class_names == ["a", "b"]
+    assert dm.val_coco.label_to_cat_id == dm.train_coco.label_to_cat_id == {1: 1, 2: 2}
+    assert dict(dm.val_coco.dropped.by_reason) == {"untrained_category": [2]}
+    assert dm.val_coco.load_instances(0).labels.tolist() == [1]
+    # eval / compare open a split the same way (commands/_common.py)
+    from omegaconf import OmegaConf
+
+    from segbench.commands._common import open_data_split
+
+    data = OmegaConf.create({"root": str(root), "train_split": "train", "keep_empty_classes": False})
+    assert open_data_split(data, "val").class_names == ["a", "b"]
+
+
+def test_keep_empty_classes_trains_every_category(tmp_path):
+    root = _two_splits(tmp_path, [1, 2], [1, 3])
+    dm = CocoDataModule(root=str(root), num_workers=0, keep_empty_classes=True)
+    dm.setup("fit")
+    assert dm.class_names == ["a", "b", "c"] and dm.val_coco.class_names == ["a", "b", "c"]
+    assert dm.val_coco.load_instances(0).labels.tolist() == [1, 3]
+    assert not dm.val_coco.dropped.total

@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> int:
         backend=backend,
     )
     print(format_metrics_table(m, iou_types=list(cfg.iou_types)))
-    gt = CocoDataset(cfg.gt, image_root=Path(cfg.gt).parent)
+    gt = CocoDataset(cfg.gt, image_root=Path(cfg.gt).parent, keep_empty_classes=True)
     a = results_method(
         Path(cfg.pred).stem,
         gt,

@@ -25,11 +25,15 @@ kind                      severity what                                         
 malformed_json            error    not JSON, not an object, no images/categories list    nothing (refuses)
 malformed_entry           error    a record without id / file_name / image_id ...       drops it (annotation
                                                                                         without id: new id)
-unsafe_file_name          error    file_name absolute or with ``..``                     renames to the base
-                                                                                        name if that file is
-                                                                                        in the image folder,
-                                                                                        else drops the image
-missing_image             error    the image file does not exist                        drops image + anns
+unsafe_file_name          error    file_name absolute outside the dataset, or ``..``    renames to the one
+                                   leaving the image folder                             file of its base
+                                                                                        name in the image
+                                                                                        folder, else drops
+                                                                                        the image
+missing_image             error    the image file does not exist                        as unsafe_file_name:
+                                                                                        one file of its base
+                                                                                        name: renamed; else
+                                                                                        drops image + anns
 unreadable_image          error    corrupt, truncated or not an image                   drops image + anns
 size_mismatch             error    file size differs from the JSON's width/height       sets them from file
 missing_size              warning  no width/height in the JSON                          sets them from file
@@ -60,7 +64,27 @@ crowd_object              warning  ``iscrowd=1`` on one ordinary connected objec
                                    (the CVAT export habit)
 all_crowd                 warning  every annotation is ``iscrowd=1``                      sets iscrowd=0
 too_many_objects          warning  more objects in an image than ``max_dets``           leaves it
+indirect_file_name        warning  file_name found, but not relative to the image        rewrites it relative
+                                   folder (backslashes, ``file://``, relative to the    to the image folder
+                                   dataset or JSON folder, absolute inside the dataset)
+unused_category           warning  a category no annotation uses: not trained as a      leaves it (logged)
+                                   class (unless ``data.keep_empty_classes=true``)
+duplicate_category_name   warning  two category ids with one name                       merges them into the
+                                                                                        first id
+area_mismatch             warning  ``area`` far from the mask's pixel area              sets the mask area
+                                   (:data:`AREA_TOLERANCE`, :data:`AREA_SLACK`)
+untrained_category        warning  (loader only) annotation of a category that is not   leaves it
+                                   a class of the training split: dropped
+leak_same_file            warning  (across splits) one file in train and val/test        leaves it
+leak_same_pixels          warning  (across splits) the same decoded pixels in train     leaves it
+                                   and val/test under another name or format
+leak_near_duplicate       warning  (across splits) perceptual hashes closer than the     leaves it
+                                   near-duplicate threshold
 ========================= ======== ==================================================== =====================
+
+``missing_image`` and ``unsafe_file_name`` are repaired when the file can be found: relative to the dataset
+folder or the JSON's folder, or by its base name under the image folder. One candidate: ``fix=true``
+rewrites ``file_name``; several: they are listed and nothing is guessed (the image is dropped).
 
 Errors make the loader refuse the file, drop annotations or train and score on wrong targets; warnings are
 legal COCO that is often a mistake. The loader drops an annotation only when no mask can be made of it
@@ -106,14 +130,15 @@ KINDS: dict[str, Kind] = {
     "unsafe_file_name": Kind(
         ERROR,
         "file_name outside the image folder",
-        "name images relative to the image folder (fix=true uses the base name when that file is there, "
-        "else drops the image)",
+        "name images relative to the image folder (fix=true uses the one file of that base name in the "
+        "image folder when there is one, else drops the image)",
     ),
     "missing_image": Kind(
         ERROR,
         "image file not found",
-        "copy the file into the image folder or point data.image_root at the right folder "
-        "(fix=true drops the image and its annotations)",
+        "copy the file into the image folder or point data.image_root at the right folder (fix=true "
+        "rewrites file_name when one file of its base name is in the image folder, else drops the image "
+        "and its annotations)",
     ),
     "unreadable_image": Kind(
         ERROR,
@@ -222,10 +247,84 @@ KINDS: dict[str, Kind] = {
         "more objects in an image than the detections cap",
         "raise model.net.box_detections_per_img (and eval max_dets / model.eval_max_dets) above the count",
     ),
+    "indirect_file_name": Kind(
+        WARNING,
+        "file_name not relative to the image folder",
+        "the loader finds the file (Windows backslashes, file://, a name relative to the dataset or JSON "
+        "folder, an absolute path inside the dataset); fix=true rewrites file_name relative to the image "
+        "folder so that other tools find it too",
+    ),
+    "unused_category": Kind(
+        WARNING,
+        "category that no annotation uses",
+        "it keeps its id but is not trained as a class (data.keep_empty_classes=true trains it anyway); "
+        "label objects of it or remove it (fix=true leaves it)",
+    ),
+    "duplicate_category_name": Kind(
+        WARNING,
+        "two category ids with one name",
+        "the model would learn two classes for one thing: merge them (fix=true gives their annotations "
+        "the first id and drops the other categories)",
+    ),
+    "area_mismatch": Kind(
+        WARNING,
+        "area far from the mask's pixel area",
+        "COCO evaluation sorts objects into small / medium / large by 'area': set it to the mask's pixel "
+        "count (fix=true does)",
+    ),
+    "untrained_category": Kind(
+        WARNING,
+        "annotation of a category that is not a class of the training split",
+        "the training split has no annotation of this category, so the model has no such class: label "
+        "some training images of it, or set data.keep_empty_classes=true",
+    ),
+    "leak_same_file": Kind(
+        WARNING,
+        "one image file in train and in an evaluation split",
+        "the evaluation split's scores are inflated (the model saw the image in training): remove the "
+        "image from one of the two splits",
+    ),
+    "leak_same_pixels": Kind(
+        WARNING,
+        "the same pixels in train and in an evaluation split",
+        "the same picture under another name or format: the evaluation split's scores are inflated; "
+        "remove it from one of the two splits",
+    ),
+    "leak_near_duplicate": Kind(
+        WARNING,
+        "near-duplicate images in train and in an evaluation split",
+        "a recompressed, resized, brightened copy or the next frame of the same scene: the evaluation "
+        "split's scores are inflated; keep the pair in one split (look at the two files first)",
+    ),
 }
 
 #: kinds that ``fix=true`` leaves as they are (it only notes some of them in its log)
-LEFT_ALONE = frozenset({"duplicate_file_name", "category_id_zero", "no_segmentation", "too_many_objects"})
+LEFT_ALONE = frozenset(
+    {
+        "duplicate_file_name",
+        "category_id_zero",
+        "no_segmentation",
+        "too_many_objects",
+        "unused_category",
+        "untrained_category",
+        "leak_same_file",
+        "leak_same_pixels",
+        "leak_near_duplicate",
+    }
+)
+
+#: kinds only a look at several splits at once finds (:func:`segbench.data.doctor.check_leakage`)
+CROSS_SPLIT = frozenset({"leak_same_file", "leak_same_pixels", "leak_near_duplicate"})
+
+#: ``area`` and the mask's pixel count may differ by this fraction of the larger of the two (plus
+#: :data:`AREA_SLACK`) before ``area_mismatch`` is reported. Exporters that write the polygon's own area
+#: (the shoelace formula) differ from the rasterised mask by up to ~11 % for objects of radius >= 6 px and
+#: up to ~80 % below 3 px (measured on random polygons); dsb2018 and nuts differ by 0. A factor of two
+#: finds areas in wrong units, of another object or of the whole image, and not the polygon-vs-pixels
+#: difference, nor the common habit of writing the box's area (a disc fills 79 % of its box).
+AREA_TOLERANCE = 0.5
+#: absolute slack in pixels added to the tolerance (tiny objects: rasterisation changes a few pixels)
+AREA_SLACK = 10.0
 
 #: a box may reach this far past the border (rounding in exporters) before it is reported
 BOX_TOLERANCE = 1.0
@@ -314,6 +413,56 @@ def image_entry_size(im: dict) -> tuple[str, tuple[int, int] | None]:
     if is_number(h) and is_number(w) and float(h).is_integer() and float(w).is_integer() and h > 0 and w > 0:
         return "ok", (int(h), int(w))
     return "invalid", None
+
+
+def area_mismatch(area: float, mask_area: float) -> bool:
+    """Whether a JSON ``area`` is far from the mask's pixel count: more than :data:`AREA_TOLERANCE` of
+    the larger of the two, plus :data:`AREA_SLACK` pixels, apart.
+
+    >>> area_mismatch(100, 90), area_mismatch(100, 30), area_mismatch(0.0012, 1500), area_mismatch(3, 9)
+    (False, True, True, False)
+    """
+    return (
+        abs(float(area) - float(mask_area)) > AREA_TOLERANCE * max(float(area), float(mask_area)) + AREA_SLACK
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Categories
+# --------------------------------------------------------------------------------------------------
+def placeholder_category_ids(categories: Sequence[dict], used: Collection) -> set:
+    """Ids of categories that only name the dataset: no annotation in ``used`` refers to them and they
+    are the ``supercategory`` of every other category (Roboflow's category 0, named after the project).
+
+    >>> cats = [{"id": 0, "name": "nuts-x", "supercategory": "none"},
+    ...         {"id": 1, "name": "date", "supercategory": "nuts-x"}, {"id": 2, "name": "fig", "supercategory": "nuts-x"}]
+    >>> placeholder_category_ids(cats, used={1, 2})
+    {0}
+    >>> placeholder_category_ids(cats, used={0, 1, 2}), placeholder_category_ids(cats[:1], used=set())
+    (set(), set())
+    """
+    out = set()
+    for c in categories:
+        others = [o for o in categories if o is not c]
+        if c["id"] in used or not others:
+            continue
+        if all(o.get("supercategory") == c.get("name") for o in others):
+            out.add(c["id"])
+    return out
+
+
+def class_category_ids(categories: Sequence[dict], used: Collection, *, keep_empty: bool = False) -> list:
+    """The ids of the categories that are trained as classes, in the order of ``categories``.
+
+    A category no annotation uses (``used``: the category ids the annotations refer to) is not a class,
+    unless ``keep_empty``; a placeholder (:func:`placeholder_category_ids`) never is.
+
+    >>> cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+    >>> class_category_ids(cats, used={1, 3}), class_category_ids(cats, used={1, 3}, keep_empty=True)
+    ([1, 3], [1, 2, 3])
+    """
+    placeholders = placeholder_category_ids(categories, used)
+    return [c["id"] for c in categories if c["id"] not in placeholders and (keep_empty or c["id"] in used)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -842,6 +991,8 @@ def check_annotation(
     area = ann.get("area")
     if not is_number(area) or area < 0:
         a.problems.append(Problem("bad_area", f"area is {area!r}"))
+    elif a.rle is not None and a.area > 0 and area_mismatch(area, a.area):
+        a.problems.append(Problem("area_mismatch", f"area is {area:g} but the mask has {a.area:.0f} pixels"))
 
     # -- crowd ----------------------------------------------------------------------------------------
     if ann.get("iscrowd") and a.rle is not None and a.area > 0:

@@ -179,6 +179,13 @@ class CocoDataModule(pl.LightningDataModule):
         Instances smaller than this after augmentation are dropped.
     limit_train, limit_val : int, optional
         Use only the first N images (smoke tests, quick runs).
+    keep_empty_classes : bool
+        Train categories that no annotation of the train split uses as classes too (default: they keep
+        their ids but are no classes, with a log line). The val split always uses the train split's
+        classes (the same labels for the same category ids).
+    train_indices : sequence of int, optional
+        Train on these images of the train split only (positions in its JSON, e.g. a subset drawn by
+        ``segbench advise``); ``limit_train`` then applies to the subset.
     """
 
     def __init__(
@@ -200,6 +207,8 @@ class CocoDataModule(pl.LightningDataModule):
         min_area: int = 4,
         limit_train: int | None = None,
         limit_val: int | None = None,
+        train_indices: Sequence[int] | None = None,
+        keep_empty_classes: bool = False,
     ) -> None:
         super().__init__()
         for name, v in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -227,14 +236,24 @@ class CocoDataModule(pl.LightningDataModule):
         self.max_crop = max_crop
         self.min_area = min_area
         self.limit_train, self.limit_val = limit_train, limit_val
+        self.keep_empty_classes = bool(keep_empty_classes)
+        self.train_indices = None if train_indices is None else [int(i) for i in train_indices]
         self.train_coco: CocoDataset | None = None
         self.val_coco: CocoDataset | None = None
 
     # -- datasets ---------------------------------------------------------------------------------
-    def _open(self, split: str, ann: str | None) -> CocoDataset:
+    def _open(self, split: str, ann: str | None, classes: CocoDataset | None = None) -> CocoDataset:
         # missing image files stop the run here, before a model is built (a stat per image)
-        ds = open_split(self.root, split, ann_file=ann, image_root=self.image_root, check_files=True)
-        return ds
+        return open_split(
+            self.root,
+            split,
+            ann_file=ann,
+            image_root=self.image_root,
+            check_files=True,
+            keep_empty_classes=self.keep_empty_classes,
+            classes=classes.categories if classes is not None else None,
+            classes_source=classes.ann_file if classes is not None else "the training split",
+        )
 
     def prepare_data(self) -> None:  # nothing to download
         pass
@@ -245,13 +264,8 @@ class CocoDataModule(pl.LightningDataModule):
             if len(self.train_coco) == 0:
                 raise SegbenchError(f"{self.train_coco.ann_file} has no images to train on")
         if stage in (None, "fit", "validate", "test") and self.val_coco is None:
-            self.val_coco = self._open(self.val_split, self.val_ann)
-            if self.train_coco is not None and self.val_coco.class_names != self.train_coco.class_names:
-                raise SegbenchError(
-                    f"the categories of {self.val_coco.ann_file} ({self.val_coco.class_names}) differ from "
-                    f"those of {self.train_coco.ann_file} ({self.train_coco.class_names}); both splits need "
-                    "the same category list"
-                )
+            # the train split's classes: a val split without an object of some class still has it
+            self.val_coco = self._open(self.val_split, self.val_ann, classes=self.train_coco)
 
     @property
     def reference(self) -> CocoDataset:
@@ -283,6 +297,14 @@ class CocoDataModule(pl.LightningDataModule):
         self.setup("fit")
         tfm = build_transforms(self.train_transform_specs)
         ds = TrainDataset(self.train_coco, tfm, max_crop=self.max_crop, min_area=self.min_area)
+        if self.train_indices is not None:
+            bad = [i for i in self.train_indices if not 0 <= i < len(ds)]
+            if bad or not self.train_indices:
+                raise SegbenchError(
+                    f"train_indices must be a non-empty list of positions in the {len(ds)} images of "
+                    f"{self.train_coco.ann_file}, got {len(self.train_indices)} with {bad[:5]} out of range"
+                )
+            ds = torch.utils.data.Subset(ds, self.train_indices)
         return self._subset(ds, self.limit_train)
 
     def val_dataset(self) -> Dataset:

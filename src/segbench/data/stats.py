@@ -23,7 +23,9 @@ def dataset_stats(ds: CocoDataset) -> dict:
         ``images``, ``negatives`` (images without objects), ``instances``, ``crowd``,
         ``per_class`` {name: count}, ``per_image`` {min, median, max, mean}, ``sizes``
         {small, medium, large} (COCO: area < 32², < 96², larger), ``image_sizes`` {min, max} as HxW,
-        ``dropped`` {problem kind: count} (the loader's, see :mod:`segbench.data.annotations`).
+        ``dropped`` {problem kind: count} (the loader's, see :mod:`segbench.data.annotations`),
+        ``not_classes`` {category name: why} (categories of the JSON that are not trained as classes:
+        no annotation uses them, or they only name the dataset).
     """
     per_class: Counter = Counter()
     counts, sizes = [], Counter()
@@ -62,6 +64,11 @@ def dataset_stats(ds: CocoDataset) -> dict:
             "max": "x".join(map(str, hw[int(np.argmax(areas))])) if hw else None,
         },
         "dropped": {k: len(v) for k, v in ds.dropped.by_reason.items()},
+        "not_classes": {
+            c["name"]: "no annotation" if c in ds.empty_categories else "names the dataset"
+            for c in ds.all_categories
+            if c["id"] not in ds.cat_id_to_label
+        },
     }
 
 
@@ -81,4 +88,10 @@ def format_stats(split: str, s: dict) -> str:
     ]
     if s["dropped"]:
         lines.append("  dropped annotations: " + ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()))
+    if s.get("not_classes"):
+        lines.append(
+            "  categories that are not classes: "
+            + ", ".join(f"{k} ({v})" for k, v in s["not_classes"].items())
+            + " (data.keep_empty_classes=true trains the empty ones)"
+        )
     return "\n".join(lines)

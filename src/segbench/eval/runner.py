@@ -127,7 +127,9 @@ def score_files(
     COCO AP is computed on the ground-truth JSON as it is (the same input pycocotools would get);
     the matching scores (F1, PQ, foreground IoU/Dice) use detections with ``score >= score_threshold``.
     """
-    gt = CocoDataset(gt_file, image_root=Path(gt_file).parent)
+    gt = CocoDataset(
+        gt_file, image_root=Path(gt_file).parent, keep_empty_classes=True
+    )  # a results file may name any category
     results = load_results(results_file, gt)
     raw_gt = read_json(gt_file, what="ground-truth file")
     has_masks = bool(results) and all("segmentation" in r for r in results)
@@ -240,7 +242,9 @@ def score_every_backend(
     Returns ``{iou_type: {"pycocotools": {...}, "pycocotools@100": {...}, ..., "torchmetrics": {...}}}`` and
     ``notes``.
     """
-    gt = CocoDataset(gt_file, image_root=Path(gt_file).parent)
+    gt = CocoDataset(
+        gt_file, image_root=Path(gt_file).parent, keep_empty_classes=True
+    )  # a results file may name any category
     results = load_results(results_file, gt)
     raw_gt = read_json(gt_file, what="ground-truth file")
     per_image: dict = defaultdict(int)

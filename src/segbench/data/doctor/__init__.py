@@ -13,7 +13,9 @@ rulebook, :mod:`segbench.data.annotations` (:data:`KINDS`), which the loader use
 * :mod:`~segbench.data.doctor.fix` — repairing, writing the fixed JSON and its log;
 * :mod:`~segbench.data.doctor.report` — :class:`Issue`, :class:`CheckReport`, :class:`SplitCheck`:
   text and JSON;
-* :mod:`~segbench.data.doctor.split` — :func:`check_split`.
+* :mod:`~segbench.data.doctor.split` — :func:`check_split`;
+* :mod:`~segbench.data.doctor.leakage` — :func:`check_leakage`: the same file, the same pixels or a
+  near-duplicate in train and in val / test (a check of all the splits at once).
 
 Example
 -------
@@ -25,24 +27,30 @@ Example
 
 from __future__ import annotations
 
-from segbench.data.annotations import BOX_TOLERANCE, ERROR, KINDS, LEFT_ALONE, WARNING, Kind
+from segbench.data.annotations import BOX_TOLERANCE, CROSS_SPLIT, ERROR, KINDS, LEFT_ALONE, WARNING, Kind
 from segbench.data.doctor.check import check_dataset
-from segbench.data.doctor.fix import fix_dataset, fixes_log_path
+from segbench.data.doctor.fix import FixLog, fix_dataset, fixes_log_path
+from segbench.data.doctor.leakage import NEAR_DUPLICATE_DISTANCE, LeakageReport, check_leakage
 from segbench.data.doctor.report import CheckReport, ImageFact, Issue, SplitCheck
 from segbench.data.doctor.split import check_split
 
 __all__ = [
     "BOX_TOLERANCE",
+    "CROSS_SPLIT",
     "ERROR",
     "KINDS",
     "LEFT_ALONE",
+    "NEAR_DUPLICATE_DISTANCE",
     "WARNING",
     "CheckReport",
+    "FixLog",
     "ImageFact",
     "Issue",
     "Kind",
+    "LeakageReport",
     "SplitCheck",
     "check_dataset",
+    "check_leakage",
     "check_split",
     "fix_dataset",
     "fixes_log_path",

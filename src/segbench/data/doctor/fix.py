@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from pycocotools import mask as mask_utils
@@ -26,6 +26,28 @@ from segbench.io import atomic_write_text, write_json
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
+
+
+class FixLog(list):
+    """The changes of :func:`fix_dataset`, one line each (a list of str), with the images counted:
+    ``recovered`` (missing or refused, their file found: ``file_name`` rewritten), ``renamed`` (found by
+    the lookup but not relative to the image folder: ``file_name`` rewritten), ``dropped_images`` and
+    ``dropped_annotations``."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.recovered = 0
+        self.renamed = 0
+        self.dropped_images = 0
+        self.dropped_annotations = 0
+
+    def summary(self) -> str:
+        """``'images: 2 recovered, 1 renamed, 3 dropped; annotations: 5 dropped'``."""
+        return (
+            f"images: {self.recovered} recovered (file found, file_name rewritten), {self.renamed} "
+            f"file_name(s) rewritten relative to the image folder, {self.dropped_images} dropped; "
+            f"annotations: {self.dropped_annotations} dropped"
+        )
 
 
 def fixes_log_path(ann_file: str | os.PathLike, out_file: str | os.PathLike) -> Path:
@@ -78,9 +100,9 @@ def _repair_annotation(
             new["bbox"] = clip_box(a.bbox, h, w)
             notes.append(f"bbox {format_box(a.bbox)} clipped to {format_box(new['bbox'])}")
         area = float(new["bbox"][2] * new["bbox"][3])
-    if "bad_area" in kinds:
+    if kinds & {"bad_area", "area_mismatch"}:
         new["area"] = area
-        notes.append(f"area {ann.get('area')!r} -> {area:g}")
+        notes.append(f"area {ann.get('area')!r} -> {area:g} (the mask's pixels)")
     if ann.get("iscrowd") and (crowd_to_zero or a.single_crowd):
         new["iscrowd"] = 0
         notes.append(f"iscrowd {ann.get('iscrowd')!r} -> 0")
@@ -97,7 +119,7 @@ def fix_dataset(
     *,
     box_iou: float = 0.7,
     crowd_max_fraction: float = 0.25,
-) -> tuple[Path, list[str]]:
+) -> tuple[Path, FixLog]:
     """Write a corrected copy of ``ann_file`` and a log of every change.
 
     Parameters
@@ -115,8 +137,9 @@ def fix_dataset(
 
     Returns
     -------
-    (Path, list of str)
-        The fixed JSON and one line per change, with ids.
+    (Path, FixLog)
+        The fixed JSON and one line per change, with ids (a list of str that also counts the images
+        recovered and dropped, :class:`FixLog`).
 
     Raises
     ------
@@ -135,7 +158,7 @@ def fix_dataset(
         raise SegbenchError(f"{ann_file} changed since it was checked; check it again before fixing")
     if data is None:
         raise SegbenchError(f"cannot fix {ann_file}: {why}; re-export the annotations")
-    changes: list[str] = []
+    changes = FixLog()
 
     # -- categories -----------------------------------------------------------------------------------
     cats, cat_names = [], {}
@@ -152,6 +175,15 @@ def fix_dataset(
             continue
         cat_names[cid] = c.get("name", cid)
         cats.append(c)
+    merge: dict[int, int] = {}  # category id -> the first id of the same name
+    first_of_name: dict[str, int] = {}
+    for c in list(cats):
+        name = str(c.get("name", c["id"]))
+        if name in first_of_name:
+            merge[c["id"]] = first_of_name[name]
+            cats.remove(c)
+        else:
+            first_of_name[name] = c["id"]
     if 0 in cat_names:
         changes.append(
             f"note: category 0 {cat_names[0]!r} left alone (legal COCO; remove it if it is background)"
@@ -170,11 +202,13 @@ def fix_dataset(
         where = f"image {f.image_id} {f.file_name!r}"
         if f.status == "malformed":
             changes.append(f"dropped images[{f.index}] {str(im)[:80]}: no id or file_name")
+            changes.dropped_images += 1
             continue
         if len(files_by_id[f.image_id]) > 1:
             changes.append(
                 f"dropped {where}: id {f.image_id} names several files (its annotations are ambiguous)"
             )
+            changes.dropped_images += 1
             dropped_ids[f.image_id] = "its image id names several files"
             continue
         if f.image_id in hw_by_id:
@@ -188,11 +222,18 @@ def fix_dataset(
             }
             changes.append(f"dropped {where} and its annotations: {what[f.status]}")
             dropped_ids.setdefault(f.image_id, f"its image was dropped ({what[f.status]})")
+            changes.dropped_images += 1
             continue
         new = dict(im)
         if f.rename_to:
             new["file_name"] = f.rename_to
-            changes.append(f"{where}: file_name -> {f.rename_to!r}")
+            changes.append(
+                f"{where}: file_name -> {f.rename_to!r}" + (f" ({f.rename_why})" if f.rename_why else "")
+            )
+            if f.recovered:
+                changes.recovered += 1
+            else:
+                changes.renamed += 1
         if not f.size_ok and f.actual_hw:
             h, w = f.actual_hw
             was = (
@@ -206,6 +247,7 @@ def fix_dataset(
         hw = json_hw or f.actual_hw
         if hw is None:
             changes.append(f"dropped {where}: its size is unknown")
+            changes.dropped_images += 1
             dropped_ids.setdefault(f.image_id, "its image was dropped (size unknown)")
             continue
         hw_by_id[f.image_id] = hw
@@ -226,6 +268,7 @@ def fix_dataset(
     next_id = max(int_ids, default=0) + 1
     used: set = set()
     kept_anns = []
+    merged: Counter = Counter()
     for k, ann in enumerate(anns):
         if not isinstance(ann, dict):
             changes.append(f"dropped annotations[{k}]: not an object")
@@ -235,10 +278,15 @@ def fix_dataset(
         if not (is_valid_id(iid) and iid in hw_by_id):
             why = dropped_ids.get(iid, "unknown image id") if is_hashable(iid) else "unknown image id"
             changes.append(f"dropped {where}: {why}")
+            changes.dropped_annotations += 1
             continue
         if not (is_hashable(cid) and cid in cat_names):
             changes.append(f"dropped {where}: unknown category id {cid!r}")
+            changes.dropped_annotations += 1
             continue
+        if cid in merge:
+            ann = {**ann, "category_id": merge[cid]}
+            merged[cid] += 1
         new, notes = _repair_annotation(
             ann,
             hw_by_id[iid],
@@ -248,6 +296,7 @@ def fix_dataset(
         )
         if new is None:
             changes.append(f"dropped {where}: {notes[0]}")
+            changes.dropped_annotations += 1
             continue
         if not is_valid_id(aid) or aid in used:
             new["id"] = next_id
@@ -259,16 +308,22 @@ def fix_dataset(
         changes.extend(f"{where}: {n}" for n in notes)
         kept_anns.append(new)
 
+    for cid, into in merge.items():
+        changes.append(
+            f"merged category {cid} {cat_names[cid]!r} into {into} (the same name): "
+            f"{merged[cid]} annotation(s) now of category {into}"
+        )
+
     data = {**data, "images": kept_images, "annotations": kept_anns, "categories": cats}
     log_file = fixes_log_path(ann_file, out)
     try:
         write_json(out, data, indent=None)
         atomic_write_text(
             log_file,
-            f"# segbench data check fix=true: {ann_file} -> {out}, {len(changes)} line(s)\n"
-            + "".join(c + "\n" for c in changes),
+            f"# segbench data check fix=true: {ann_file} -> {out}, {len(changes)} line(s); "
+            f"{changes.summary()}\n" + "".join(c + "\n" for c in changes),
         )
     except OSError as e:
         raise SegbenchError(f"cannot write the fixed dataset beside {ann_file}: {e}") from None
-    log.info("wrote %s (%d change(s), log %s)", out, len(changes), log_file)
+    log.info("wrote %s (%d change(s), log %s): %s", out, len(changes), log_file, changes.summary())
     return out, changes

@@ -58,7 +58,11 @@ class ImageFact:
     status: str = "ok"  # ok | malformed | unsafe | missing | unreadable
     actual_hw: tuple[int, int] | None = None  # (H, W) of the file after EXIF orientation
     size_ok: bool = True  # the JSON's width/height match the file (or cannot be compared)
-    rename_to: str | None = None  # for an unsafe name whose base name exists in the image folder
+    rename_to: str | None = None  # the file_name fix=true writes (relative to the image folder)
+    rename_why: str = ""  # why, for the fixes log
+    recovered: bool = False  # missing or unsafe, but its file was found: fix=true rewrites file_name
+    path: Path | None = None  # the file read (None: not found or refused)
+    fingerprint: Any = None  # leakage.Fingerprint, when the check took one
 
 
 @dataclass
@@ -76,7 +80,8 @@ class CheckReport:
       1 images, 0 annotations, 0 categories: 1 error(s), 0 warning(s)
       ERROR   missing_image (1): image file not found
               fix: copy the file into the image folder or point data.image_root at the right folder
-              (fix=true drops the image and its annotations)
+              (fix=true rewrites file_name when one file of its base name is in the image folder, else
+              drops the image and its annotations)
               - image 1 'a.png': not found: images/a.png
     """
 
@@ -88,6 +93,8 @@ class CheckReport:
     num_categories: int = 0
     sha256: str = ""
     image_facts: list[ImageFact] = field(default_factory=list, repr=False)
+    root: Path | None = None  # the dataset folder file names may be relative to
+    fingerprint_seconds: float = 0.0  # spent hashing images for the leakage check
 
     def add(self, kind: str, message: str, *, image_id=None, ann_id=None, file_name=None) -> None:
         self.issues.append(Issue(kind, KINDS[kind].severity, message, image_id, ann_id, file_name))
@@ -188,14 +195,25 @@ class SplitCheck:
             lines.append(
                 f"\n[{title}] fix: {len(self.changes)} change(s) -> {self.fixed_file} (log: {self.log_file})"
             )
+            if hasattr(self.changes, "summary"):
+                lines.append(f"[{title}] fix: {self.changes.summary()}")
             lines.append(self.fixed_report.format(title=f"{title} fixed", max_examples=max_examples))
         elif self.fix:
             lines.append(f"\n[{title}] fix: nothing to change ({self.report.ann_file} is left as it is)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """``{"check": ...}``, plus ``"fixed"`` and ``"changes"`` when a fixed file was written."""
+        """``{"check": ...}``, plus ``"fixed"``, ``"changes"`` and ``"fix_summary"`` (images recovered,
+        renamed, dropped; annotations dropped) when a fixed file was written."""
         out: dict = {"check": self.report.to_dict()}
         if self.fixed_report is not None:
-            out.update(fixed=self.fixed_report.to_dict(), changes=self.changes)
+            out.update(fixed=self.fixed_report.to_dict(), changes=list(self.changes))
+            if hasattr(self.changes, "summary"):
+                c = self.changes
+                out["fix_summary"] = {
+                    "recovered_images": c.recovered,
+                    "renamed_images": c.renamed,
+                    "dropped_images": c.dropped_images,
+                    "dropped_annotations": c.dropped_annotations,
+                }
         return out

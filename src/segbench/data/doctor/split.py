@@ -13,9 +13,11 @@ def check_split(
     ann_file: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     *,
+    root: str | os.PathLike | None = None,
     fix: bool = False,
     max_dets: int | None = 100,
     read_images: bool = True,
+    fingerprint: bool = False,
 ) -> SplitCheck:
     """Check one split; with ``fix``, write ``<stem>.fixed.json`` + ``<stem>.fixes.log`` beside it when
     there is something to change, and check that fixed file too.
@@ -26,19 +28,21 @@ def check_split(
         The split's COCO instances JSON (never modified).
     image_root : path, optional
         Its image folder (default: as :class:`~segbench.data.coco.CocoDataset`).
+    root : path, optional
+        The dataset folder (``data.root``), for file names relative to it.
     fix : bool
         Repair what can be repaired (:func:`~segbench.data.doctor.fix_dataset`). Nothing is written when
         every issue is of a kind the fix leaves alone.
-    max_dets, read_images
-        As for :func:`~segbench.data.doctor.check_dataset`.
+    max_dets, read_images, fingerprint
+        As for :func:`~segbench.data.doctor.check_dataset` (``fingerprint``: for the leakage check).
 
     Returns
     -------
     SplitCheck
         ``errors`` / ``warnings`` count what is left: in the fixed file when one was written.
     """
-    opts = {"max_dets": max_dets, "read_images": read_images}
-    report = check_dataset(ann_file, image_root, **opts)
+    opts = {"max_dets": max_dets, "read_images": read_images, "root": root}
+    report = check_dataset(ann_file, image_root, fingerprint=fingerprint, **opts)
     result = SplitCheck(report=report, fix=fix)
     if fix and report.fixable:
         out, changes = fix_dataset(ann_file, report)
