@@ -41,6 +41,8 @@ COMMANDS: dict[str, Command] = {
         Command("data synth", "data_synth", "segbench.commands.data:synth", "write the embedded synthetic COCO dataset"),
         Command("data stats", "data_stats", "segbench.commands.data:stats", "print per-split statistics of a dataset"),
         Command("data check", "data_check", "segbench.commands.data:check", "check a dataset: every problem with ids and a fix hint (fix=true writes a corrected JSON)"),
+        Command("data import", "data_import", "segbench.commands.data:import_", "convert a VIA, LabelMe, YOLO-seg, CVAT XML or instance-mask export into a COCO dataset (+ import_log.txt)"),
+        Command("data export", "data_export", "segbench.commands.data:export", "export a COCO dataset as Ultralytics YOLO-seg (images/, labels/, data.yaml) or instance masks"),
     ]
 }
 # fmt: on
