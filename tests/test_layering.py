@@ -15,6 +15,7 @@ SRC = Path(segbench.__file__).resolve().parent
 
 #: The floors, lowest first. A module may import its own room and any room on a lower floor, never a
 #: room on its own floor or above. ``io`` sits above ``types`` because it raises ``SegbenchError``;
+#: ``callbacks`` (Lightning plugins and callbacks) below ``training``, which writes checkpoints with them;
 #: ``predict`` above ``export`` and ``report`` because it runs exported models and draws overlays.
 FLOORS: list[set[str]] = [
     {"types", "options"},
@@ -22,8 +23,9 @@ FLOORS: list[set[str]] = [
     {"data", "baselines"},
     {"eval"},
     {"models"},
-    {"training", "callbacks"},
-    {"report", "export"},
+    {"callbacks"},
+    {"training"},
+    {"report", "export", "advise"},
     {"predict"},
     {"commands"},
     {"cli"},

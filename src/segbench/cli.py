@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
         Command("train", "train", "segbench.commands.train:run", "fine-tune Mask R-CNN on a COCO dataset (experiment=...)"),
+        Command("advise", "advise", "segbench.commands.advise:run", "how many labels you need: train on nested subsets, fit a learning curve, predict the mAP at 2x the labels"),
         Command("eval", "eval", "segbench.commands.eval:run", "score a checkpoint on a split: metrics.json + COCO results"),
         Command("compare", "compare", "segbench.commands.compare:run", "score the model and the classical baselines on one split: leaderboard, plots, HTML report"),
         Command("predict", "predict", "segbench.commands.predict:run", "predict images (file, folder, glob) with a checkpoint, an export or a baseline: COCO results + overlays"),
