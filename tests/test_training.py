@@ -229,7 +229,7 @@ def test_schedule_by_time_decays_within_the_time_budget(synth_root, tmp_path, ca
             "model.scheduler.by_time=true",
             "model.scheduler.warmup_steps=0",
             "model.scheduler.min_lr_ratio=0",
-            "trainer.max_time=00:00:00:08",
+            "trainer.max_time=00:00:00:12",
             "trainer.max_epochs=1000",
             "trainer.limit_train_batches=1",
             "trainer.check_val_every_n_epoch=1000",

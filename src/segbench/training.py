@@ -8,16 +8,39 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from segbench.eval.runner import evaluate_segmenter
-from segbench.io import write_json
+from segbench.io import atomic_path, read_json, write_csv, write_json
+from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
+
+#: The exit status of a run stopped by SIGTERM after writing its checkpoint: 128 + 15, what a shell reports
+#: for a process ended by SIGTERM. Not 0, so that a scheduler or wrapper that restarts failed jobs
+#: (``sbatch --requeue`` scripts, Kubernetes ``restartPolicy: OnFailure``, torchelastic) runs it again;
+#: distinct from 2 (a usage or data error, which a requeue would not fix) and 3 (a bug).
+PREEMPTED_EXIT_CODE = 143
+
+#: Passes the run folder that the launching process claimed to the DDP ranks Lightning starts from it.
+RUN_DIR_ENV = "SEGBENCH_RUN_DIR"
+
+#: The file whose exclusive creation makes a process the owner of a run folder (:func:`claim_run_dir`).
+RUN_MARKER = "config.yaml"
+
+
+class Preempted(SegbenchError):
+    """Training was stopped by SIGTERM; its checkpoint at the current step is written (``resume=true``
+    continues). The ``train`` command exits with :data:`PREEMPTED_EXIT_CODE`."""
+
+    exit_code = PREEMPTED_EXIT_CODE
 
 
 def cpu_has_bf16() -> bool:
@@ -41,11 +64,113 @@ def cpu_precision() -> str:
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
+def _natural_key(name: str) -> list:
+    """Sort key in which the digit runs compare as numbers: ``..._10-00-00`` < ``..._10-00-00-2`` <
+    ``..._10-00-00-10``."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|\D+", name)]
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints a run can be resumed from, ``last.ckpt`` first: every ``checkpoints/*.ckpt`` and the
+    ``hpc_ckpt_*.ckpt`` that Lightning writes in the run folder on SLURM's requeue signal."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / "checkpoints").glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.name != "last.ckpt")
+
+
 def latest_run(output_dir: str | os.PathLike, name: str) -> Path | None:
-    """The newest run folder of ``name`` that holds ``checkpoints/last.ckpt``."""
+    """The newest run folder of ``name`` (by its start time, the folder name) that holds a checkpoint."""
     base = Path(output_dir) / "train" / name
-    runs = sorted(p.parent.parent for p in base.glob("*/checkpoints/last.ckpt"))
+    runs = sorted((p for p in base.glob("*/") if run_checkpoints(p)), key=lambda p: _natural_key(p.name))
     return runs[-1] if runs else None
+
+
+def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, list[tuple[Path, str]]]:
+    """The checkpoint to resume ``run_dir`` from: the readable one with the highest step, ``last.ckpt`` on a
+    tie (:func:`~segbench.models.checkpoint.newest_readable_checkpoint`), and the unreadable ones skipped,
+    each logged with its reason.
+
+    Raises
+    ------
+    SegbenchError
+        No checkpoint in the run, or none readable (the message names every file).
+    """
+    from segbench.models.checkpoint import newest_readable_checkpoint
+
+    candidates = run_checkpoints(run_dir)
+    if not candidates:
+        raise SegbenchError(
+            f"cannot resume {run_dir}: it has no checkpoint (no {Path(run_dir) / 'checkpoints'}/*.ckpt)"
+        )
+    path, step, skipped = newest_readable_checkpoint(candidates, key="resume")
+    for bad, why in skipped:
+        log.warning("cannot resume from %s: %s", bad, why)
+    if skipped:
+        log.warning("resuming from %s (step %d), the newest readable checkpoint of %s", path, step, run_dir)
+    return path, skipped
+
+
+def claim_run_dir(
+    path: str | os.PathLike, *, environ: MutableMapping[str, str] | None = None, attempts: int = 1000
+) -> tuple[Path, bool]:
+    """The run folder a new run writes to, and whether this process owns it (and writes its config).
+
+    A process owns a folder when it creates the folder's ``config.yaml`` (:data:`RUN_MARKER`): the file is
+    made with exclusive creation (``open(..., "x")``), which the file system grants to one process only. Of
+    two commands that resolve the same folder (the same ``name`` started in the same second), the first
+    owns it and the second moves on to ``<folder>-2`` (then ``-3``...). The folder itself may exist already:
+    Hydra makes each multirun job's folder before the job starts.
+
+    A DDP rank that Lightning started (``LOCAL_RANK`` in its environment) claims nothing: it uses the folder
+    its launching process claimed, which the launcher passed down in ``$SEGBENCH_RUN_DIR``
+    (:data:`RUN_DIR_ENV`, set here), or ``path`` itself when there is none (ranks started by torchrun or
+    srun, which resolve the same ``path`` from a shared ``SEGBENCH_START_TIME``).
+
+    Parameters
+    ----------
+    path
+        The folder the config asks for (``run_dir``).
+    environ
+        The environment to read and set (``os.environ``).
+    attempts
+        How many suffixes to try.
+    """
+    env = os.environ if environ is None else environ
+    if "LOCAL_RANK" in env:
+        inherited = env.get(RUN_DIR_ENV)
+        folder = Path(inherited or path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder, not inherited and env["LOCAL_RANK"] == "0"
+    folder = claim_folder(path, marker=RUN_MARKER, attempts=attempts)
+    env[RUN_DIR_ENV] = str(folder)
+    return folder, True
+
+
+def claim_folder(path: str | os.PathLike, *, marker: str, attempts: int = 1000) -> Path:
+    """``path``, or the first of ``path-2``, ``path-3``... whose ``marker`` file this call creates
+    (exclusive creation: one process wins each folder); the folder is made if needed.
+
+    >>> import tempfile
+    >>> base = Path(tempfile.mkdtemp()) / "run"
+    >>> [claim_folder(base, marker="config.yaml").name for _ in range(3)]
+    ['run', 'run-2', 'run-3']
+    """
+    base = Path(path)
+    for k in range(1, attempts + 1):
+        folder = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(folder / marker, "x", encoding="utf-8"):
+                pass
+        except FileExistsError:
+            continue
+        if k > 1:
+            log.warning("%s belongs to another run; this one writes to %s", base, folder)
+        return folder
+    raise SegbenchError(
+        f"cannot create a new folder: {base} and {attempts - 1} numbered variants are taken; "
+        "give the run another name=... or run_dir=..."
+    )
 
 
 def fit(
@@ -101,7 +226,20 @@ def fit(
         train_ds.class_names,
         run_dir,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning's stop at a batch boundary after SIGTERM (a SystemExit with code 0)
+        saved = [getattr(cb, "saved", None) for cb in trainer.callbacks]
+        saved = [p for p in saved if p]
+        where = (
+            f"its checkpoint at that step is {saved[0]}"
+            if saved
+            else f"no checkpoint was written at the stop; the newest is in {run_dir / 'checkpoints'}"
+        )
+        raise Preempted(
+            f"training stopped by SIGTERM after step {trainer.global_step}; {where}. Continue with the same "
+            f"command and resume=true (exit status {PREEMPTED_EXIT_CODE}: the job can be requeued)"
+        ) from None
     result: dict = {
         "run_dir": str(run_dir),
         "global_step": trainer.global_step,
@@ -138,20 +276,18 @@ def fit(
 
 def save_checkpoint(module: pl.LightningModule, path: str | os.PathLike) -> Path:
     """Write ``module`` as a checkpoint exactly as ``segbench train`` does (Lightning's writer, the
-    module's ``on_save_checkpoint`` card, :class:`~segbench.callbacks.AtomicCheckpointIO`), without
+    module's ``on_save_checkpoint`` card, atomically as :class:`~segbench.callbacks.AtomicCheckpointIO`), without
     training: e.g. to evaluate or export a model built in code."""
-    from segbench.callbacks import AtomicCheckpointIO
-
     trainer = pl.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
     )
     trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
+    with atomic_path(path) as tmp:  # the writer AtomicCheckpointIO uses (callbacks sit on this floor)
+        trainer.save_checkpoint(tmp)
     return Path(path)
 
 
@@ -208,3 +344,32 @@ def evaluate_checkpoint(
         update_card(ckpt_path, score_thresholds=thresholds)
         log.info("calibrated score thresholds %s stored in %s", thresholds, ckpt_path)
     return metrics
+
+
+#: The columns of a multirun's ``sweep.csv``, one row per job.
+SWEEP_COLUMNS = ["job", "overrides", "best_val_segm_mAP", "wall_s", "run_dir", "status", "error"]
+#: The file in each job's folder that holds its row of ``sweep.csv``.
+SWEEP_ROW = "sweep_job.json"
+
+
+def write_sweep_row(job_dir: str | os.PathLike, row: dict) -> Path:
+    """Write one job's row of ``sweep.csv`` (keys :data:`SWEEP_COLUMNS`) into its folder, atomically."""
+    return write_json(Path(job_dir) / SWEEP_ROW, {k: row.get(k) for k in SWEEP_COLUMNS})
+
+
+def write_sweep_summary(sweep_dir: str | os.PathLike) -> tuple[Path, list[dict]]:
+    """Collect the rows the jobs of a sweep wrote (:func:`write_sweep_row`) into ``<sweep_dir>/sweep.csv``,
+    ordered by job number; returns the file and the rows.
+
+    Each job writes its own row file and the table is rebuilt from them, so that jobs that run in parallel
+    processes (``hydra/launcher=submitit_local``) never write one file at the same time.
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for p in sweep_dir.rglob(SWEEP_ROW):
+        try:
+            rows.append(read_json(p, what="sweep row"))
+        except SegbenchError as e:  # pragma: no cover - written atomically, so only a hand-edited file
+            log.warning("%s", e)
+    rows.sort(key=lambda r: (r.get("job") is None, r.get("job") if isinstance(r.get("job"), int) else 0))
+    return write_csv(sweep_dir / "sweep.csv", rows, columns=SWEEP_COLUMNS), rows

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segbench.io import atomic_write_text
 from segbench.report.tables import format_metrics_table
 from segbench.types import SegbenchError
 
@@ -32,39 +34,74 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+def _refuse_ddp_in_multirun(trainer) -> None:
+    """Lightning starts DDP ranks by running the command line again, which in a multirun job would start
+    the whole sweep again in every rank; only ranks started by the cluster (srun) work there."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if trainer.world_size <= 1 or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if env is None or not env.creates_processes_externally:
+        raise SegbenchError(
+            f"a multirun job cannot start {trainer.world_size} DDP processes itself (each would run the whole "
+            "sweep again); sweep with trainer.devices=1, or on SLURM with hydra/launcher=submitit_slurm and "
+            "hydra.launcher.tasks_per_node=<devices> so that srun starts the ranks"
+        )
+
+
 def run(cfg: DictConfig) -> dict:
     """Train Mask R-CNN on ``data`` with ``model`` / ``trainer``; write the run folder; return its metrics.
 
     The run folder (``run_dir``) holds ``config.yaml`` (resolved), ``checkpoints/`` (best by
-    ``val/segm_mAP`` and ``last.ckpt``), ``logs/metrics.csv`` and ``metrics.json``.
+    ``val/segm_mAP`` and ``last.ckpt``), ``logs/metrics.csv`` and ``metrics.json``. Two runs never share
+    one: a run whose folder another run already took (the same name started in the same second) writes
+    to ``<run_dir>-2``.
 
     Keys: data (the dataset and its loader), model (network, optimizer, schedule), trainer, callbacks,
-    logger, name, seed, run_dir, resume (continue the latest run of name), ckpt_path (resume a given
-    checkpoint), test_after_fit. Presets: experiment=NAME (configs/experiment/).
+    logger, name, seed, run_dir, resume (continue the latest run of name, or run_dir when it holds
+    checkpoints, from its newest readable checkpoint), ckpt_path (resume a given checkpoint),
+    test_after_fit. Presets: experiment=NAME (configs/experiment/). Sweeps: ``segbench train -m
+    key=a,b ...`` (Hydra multirun; hparams_search=maskrcnn_optuna for Optuna) writes one run folder per
+    job and sweep.csv. SIGTERM stops at the next batch with a checkpoint of that step (exit status 143).
     """
     from segbench.models.checkpoint import read_checkpoint
-    from segbench.training import fit, latest_run
+    from segbench.training import claim_run_dir, fit, latest_run, resume_checkpoint, run_checkpoints
 
     started = time.perf_counter()
     ckpt_path = cfg.get("ckpt_path")
+    run_dir = Path(cfg.run_dir)
     if cfg.get("resume") and not ckpt_path:
-        prev = latest_run(cfg.paths.output_dir, cfg.name)
+        prev = run_dir if run_checkpoints(run_dir) else latest_run(cfg.paths.output_dir, cfg.name)
         if prev is None:
             raise SegbenchError(
-                f"resume=true but no earlier run of '{cfg.name}' with a last.ckpt under "
+                f"resume=true but no earlier run of '{cfg.name}' with a checkpoint under "
                 f"{Path(cfg.paths.output_dir) / 'train' / cfg.name}; start a new run or pass ckpt_path=FILE"
             )
-        _rebase(cfg, str(cfg.run_dir), str(prev))
-        cfg.run_dir = str(prev)
-        ckpt_path = str(prev / "checkpoints" / "last.ckpt")
+        if prev != run_dir:
+            _rebase(cfg, str(cfg.run_dir), str(prev))
+            cfg.run_dir = str(prev)
+        run_dir = prev
+        ckpt, skipped = resume_checkpoint(prev)  # the newest readable one: a damaged last.ckpt is skipped
+        if skipped:
+            print(
+                f"resuming from {ckpt}: skipped unreadable "
+                + ", ".join(p.name for p, _ in skipped)
+                + " (reasons in the log above)"
+            )
+        ckpt_path = str(ckpt)
+        owner = os.environ.get("LOCAL_RANK", "0") == "0"
         log.info("resuming %s from %s", prev, ckpt_path)
-    if ckpt_path:
-        read_checkpoint(
-            ckpt_path, key="ckpt_path"
-        )  # refuses missing, unsafe or foreign files before any work
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    else:
+        if ckpt_path:  # refuses missing, unsafe or foreign files before any work
+            read_checkpoint(ckpt_path, key="ckpt_path")
+        run_dir, owner = claim_run_dir(run_dir)
+        if str(run_dir) != str(cfg.run_dir):
+            _rebase(cfg, str(cfg.run_dir), str(run_dir))
+            cfg.run_dir = str(run_dir)
+    if owner:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     if cfg.get("seed") is not None:
         import pytorch_lightning as pl
 
@@ -89,6 +126,7 @@ def run(cfg: DictConfig) -> dict:
         default_root_dir=str(run_dir),
         _convert_="all",
     )
+    _refuse_ddp_in_multirun(trainer)
     result = fit(
         datamodule=dm,
         module=module,

@@ -244,3 +244,51 @@ def update_card(path: str | os.PathLike, **fields) -> None:
     ckpt["segbench"] = {**ckpt["segbench"], **fields}
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
+
+
+def newest_readable_checkpoint(paths, *, key: str = "resume") -> tuple[Path, int, list[tuple[Path, str]]]:
+    """The checkpoint with the highest ``global_step`` among ``paths`` that :func:`read_checkpoint` reads.
+
+    For resuming a run whose ``last.ckpt`` may be truncated or damaged (a full disk, a copy cut short):
+    every candidate is read (one at a time), the unreadable ones are skipped and reported; on equal steps
+    the earlier path in ``paths`` wins (pass ``last.ckpt`` first).
+
+    Parameters
+    ----------
+    paths
+        Candidate checkpoint files, e.g. every ``*.ckpt`` of a run's ``checkpoints/``.
+    key
+        How the files were chosen, named in messages (``resume``).
+
+    Returns
+    -------
+    path, global_step, skipped
+        The chosen file, its step, and ``(file, reason)`` for each unreadable candidate.
+
+    Raises
+    ------
+    SegbenchError
+        No candidate, or none readable: the message names every file and why it was refused.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise SegbenchError(f"no checkpoint to {key} from (no .ckpt file given)")
+    best: tuple[int, int, Path] | None = None
+    skipped: list[tuple[Path, str]] = []
+    for order, path in enumerate(paths):
+        try:
+            ckpt = read_checkpoint(path, key=key)
+        except SegbenchError as e:
+            skipped.append((path, str(e)))
+            continue
+        step = int(ckpt.get("global_step") or 0)
+        del ckpt
+        if best is None or (step, -order) > (best[0], best[1]):
+            best = (step, -order, path)
+    if best is None:
+        raise SegbenchError(
+            f"cannot {key}: none of the {len(paths)} checkpoint(s) is readable: "
+            + "; ".join(f"{p.name}: {why}" for p, why in skipped)
+            + ". Start a new run (without resume=true) or pass a good file as ckpt_path=FILE."
+        )
+    return best[2], best[0], skipped
