@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.commands.train import _instantiate_all, _rebase
+from segbench.commands.train import _rebase, build_run
 from segbench.options import check_bool, check_float
 from segbench.types import SegbenchError
 
@@ -55,25 +55,7 @@ def _make_train_one(cfg: DictConfig, *, n_train: int, budget_s: float, scale_epo
             import pytorch_lightning as pl
 
             pl.seed_everything(int(rc.seed), workers=True, verbose=False)
-        dm = instantiate(rc.data, train_indices=list(indices), _convert_="all")
-        dm.setup("fit")
-        train_ds = dm.train_coco
-        module = instantiate(
-            rc.model,
-            num_classes=train_ds.num_classes,
-            class_names=train_ds.class_names,
-            categories=train_ds.categories,
-            label_to_cat_id=train_ds.label_to_cat_id,
-            _convert_="all",
-        )
-        loggers = _instantiate_all(rc.get("logger"))
-        trainer = instantiate(
-            rc.trainer,
-            callbacks=_instantiate_all(rc.get("callbacks")),
-            logger=loggers or False,
-            default_root_dir=str(run_dir),
-            _convert_="all",
-        )
+        dm, module, trainer = build_run(rc, run_dir, train_indices=list(indices))
         if trainer.world_size > 1:
             raise SegbenchError(
                 f"advise trains one process at a time, but trainer.devices={rc.trainer.get('devices')} "

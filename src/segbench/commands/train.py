@@ -34,6 +34,30 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+def build_run(cfg: DictConfig, run_dir: Path, **data_kwargs):
+    """The data module (set up for fit), the LightningModule and the Trainer that ``cfg`` names, for a run
+    in ``run_dir`` (``segbench train`` and each run of ``segbench advise``)."""
+    dm = instantiate(cfg.data, **data_kwargs, _convert_="all")
+    dm.setup("fit")
+    train_ds = dm.train_coco
+    module = instantiate(
+        cfg.model,
+        num_classes=train_ds.num_classes,
+        class_names=train_ds.class_names,
+        categories=train_ds.categories,
+        label_to_cat_id=train_ds.label_to_cat_id,
+        _convert_="all",
+    )
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(cfg.get("logger")) or False,
+        default_root_dir=str(run_dir),
+        _convert_="all",
+    )
+    return dm, module, trainer
+
+
 def _refuse_ddp_in_multirun(trainer) -> None:
     """Lightning starts DDP ranks by running the command line again, which in a multirun job would start
     the whole sweep again in every rank; only ranks started by the cluster (srun) work there."""
@@ -107,25 +131,7 @@ def run(cfg: DictConfig) -> dict:
 
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
-    train_ds = dm.train_coco
-    module = instantiate(
-        cfg.model,
-        num_classes=train_ds.num_classes,
-        class_names=train_ds.class_names,
-        categories=train_ds.categories,
-        label_to_cat_id=train_ds.label_to_cat_id,
-        _convert_="all",
-    )
-    loggers = _instantiate_all(cfg.get("logger"))
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=_instantiate_all(cfg.get("callbacks")),
-        logger=loggers or False,
-        default_root_dir=str(run_dir),
-        _convert_="all",
-    )
+    dm, module, trainer = build_run(cfg, run_dir)
     _refuse_ddp_in_multirun(trainer)
     result = fit(
         datamodule=dm,
