@@ -27,8 +27,10 @@ SCRIPTS = (
     "bench_data",
     "bench_memory",
     "bench_predict",
+    "bench_deploy",
     "bench_cpu_formats",
     "bench_train",
+    "bench_scaling",
 )
 
 

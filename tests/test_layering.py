@@ -16,7 +16,8 @@ SRC = Path(segbench.__file__).resolve().parent
 #: The floors, lowest first. A module may import its own room and any room on a lower floor, never a
 #: room on its own floor or above. ``io`` sits above ``types`` because it raises ``SegbenchError``;
 #: ``callbacks`` (Lightning plugins and callbacks) below ``training``, which writes checkpoints with them;
-#: ``predict`` above ``export`` and ``report`` because it runs exported models and draws overlays.
+#: ``predict`` above ``export`` and ``report`` because it runs exported models and draws overlays;
+#: ``distributed`` (predict and eval over DDP processes) just above ``predict`` and ``training``, which it runs.
 FLOORS: list[set[str]] = [
     {"types", "options"},
     {"io"},
@@ -27,6 +28,7 @@ FLOORS: list[set[str]] = [
     {"training"},
     {"report", "export", "advise"},
     {"predict"},
+    {"distributed"},
     {"commands"},
     {"cli"},
 ]

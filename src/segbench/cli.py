@@ -77,10 +77,31 @@ def config_dir() -> Path:
 
 def _now(fmt: str) -> str:
     """``${now:FMT}``: the command's start time. main() sets ``SEGBENCH_START_TIME`` once per command in the
-    launching process; DDP re-runs the command line in each rank, which inherits it, so that all ranks
-    agree on the run folder."""
+    launching process; DDP re-runs the command line in each rank, which inherits it, and the ranks that
+    torchrun or srun start on several nodes get one shared through the launcher (:func:`_set_start_time`),
+    so that all ranks agree on the run folder."""
     start = os.environ.get("SEGBENCH_START_TIME")
     return (datetime.fromisoformat(start) if start else datetime.now()).strftime(fmt)
+
+
+def _launched_as_rank(env) -> bool:
+    """Whether a launcher started this process as one rank of a distributed run: Lightning's DDP
+    (``LOCAL_RANK``), torchrun (``TORCHELASTIC_RUN_ID``) or srun with more than one task."""
+    if "LOCAL_RANK" in env or "TORCHELASTIC_RUN_ID" in env:
+        return True
+    return "SLURM_PROCID" in env and (env.get("SLURM_NTASKS") or "1") != "1"
+
+
+def _set_start_time(env) -> None:
+    """``SEGBENCH_START_TIME`` for ``${now:}``: this command's clock, except in a rank of a distributed run,
+    where all ranks on all nodes must agree: the time inherited from the launching process, else the one
+    shared through the launcher (:func:`segbench.training.shared_start_time`)."""
+    if not _launched_as_rank(env):
+        env["SEGBENCH_START_TIME"] = datetime.now().isoformat(timespec="microseconds")
+    elif not env.get("SEGBENCH_START_TIME"):
+        from segbench.training import shared_start_time  # imports Lightning: only in a rank of a launcher
+
+        env["SEGBENCH_START_TIME"] = shared_start_time(env)
 
 
 def _register_resolvers() -> None:
@@ -480,11 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point. Returns the exit status (0 ok, 1 the command found errors, 2 usage/data error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    if "LOCAL_RANK" not in os.environ:  # a DDP child keeps its launcher's start time
-        os.environ["SEGBENCH_START_TIME"] = datetime.now().isoformat(timespec="microseconds")
     debug = os.environ.get("SEGBENCH_DEBUG", "") not in ("", "0")
 
     try:
+        _set_start_time(os.environ)
         cmd, rest = _split_command(argv)
         rest = _config_dir_overrides(rest)
         multirun = "-m" in rest or "--multirun" in rest

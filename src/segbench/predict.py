@@ -10,6 +10,10 @@
 * ``overlays/<name>.png`` — the image with coloured masks, outlines and ``class score`` labels;
 * ``masks/<name>_<k>.png`` — one 0/255 PNG per instance (``save_masks=true``), ``k`` in score order.
 
+``precision=bf16`` runs a checkpoint under bfloat16 autocast with channels_last weights,
+``proposals=auto|N`` sets its RPN proposals per image, ``profile=true`` adds the time of each stage to
+the summary, ``num_threads`` sets torch's threads for the run; images are decoded in a background thread.
+
 The source is one of: a segbench checkpoint (``ckpt_path``), a TorchScript / ONNX export
 (``exported``, with the ``model.json`` written beside it), or a baseline (``method=NAME`` and/or
 ``baseline_params=FILE``, a fitted baseline saved by ``segbench compare``). A file that cannot be read is
@@ -18,9 +22,11 @@ logged (name and reason) and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +41,10 @@ __all__ = [
     "Predictor",
     "collect_images",
     "draw_overlay",
+    "format_profile",
     "load_predictor",
     "predict_images",
+    "torch_threads",
 ]
 
 
@@ -103,7 +111,9 @@ class Predictor:
     Attributes
     ----------
     segment : callable
-        ``list of (H, W, 3) uint8 images -> list of Instances`` (labels ``1..K``, scores, masks).
+        ``list of (H, W, 3) uint8 images -> list of Instances`` (labels ``1..K``, scores, masks); called
+        as ``segment(images, profile=timer)`` when the run is profiled (a
+        :class:`~segbench.models.segmenter.StageTimer` that it adds its stages to).
     categories : list of dict
         COCO categories (``id``, ``name``) of the results.
     label_to_cat_id : dict
@@ -159,21 +169,25 @@ def _categories_from(meta: dict) -> tuple[list[dict], dict[int, int]]:
     return cats, l2c
 
 
-def _exported_segmenter(runtime, mask_threshold: float) -> Callable[[list[np.ndarray]], list[Instances]]:
+def _exported_segmenter(runtime, mask_threshold: float) -> Callable[..., list[Instances]]:
+    """An export's runtime as ``segment(images, profile=None)``; its internals are not visible, so the
+    profile gets ``run`` (the runtime's call: network, and for ONNX the paste) and ``paste+rle``."""
     import torch
 
-    from segbench.models.segmenter import image_to_tensor, output_to_instances
+    from segbench.models.segmenter import image_to_tensor, output_to_instances, profile_stage
 
-    def segment(images: list[np.ndarray]) -> list[Instances]:
-        outputs = runtime.run_batch([image_to_tensor(im) for im in images])
-        return [
-            output_to_instances(
-                {k: torch.from_numpy(np.asarray(v)) for k, v in o.items()},
-                im.shape[:2],
-                mask_threshold=mask_threshold,
-            )
-            for im, o in zip(images, outputs, strict=True)
-        ]
+    def segment(images: list[np.ndarray], profile=None) -> list[Instances]:
+        with profile_stage(profile, "run"):
+            outputs = runtime.run_batch([image_to_tensor(im) for im in images])
+        with profile_stage(profile, "paste+rle"):
+            return [
+                output_to_instances(
+                    {k: torch.from_numpy(np.asarray(v)) for k, v in o.items()},
+                    im.shape[:2],
+                    mask_threshold=mask_threshold,
+                )
+                for im, o in zip(images, outputs, strict=True)
+            ]
 
     return segment
 
@@ -187,6 +201,8 @@ def load_predictor(
     mask_threshold: float | None = None,
     device: str = "cpu",
     score_threshold: float | None = None,
+    precision: str = "fp32",
+    proposals: int | str | None = None,
 ) -> Predictor:
     """Open exactly one source: a checkpoint, an exported model, or a baseline.
 
@@ -205,7 +221,14 @@ def load_predictor(
         ``cpu`` or ``cuda`` (models only).
     score_threshold
         The threshold :func:`predict_images` will apply (``None``: the calibrated ones): a checkpoint's
-        model then skips the masks of the boxes below it.
+        model then skips the masks of the boxes below it (below the lowest calibrated threshold in the
+        RoI heads, then below each class's own before the mask head).
+    precision
+        ``fp32`` or ``bf16`` (bfloat16 autocast + channels_last; checkpoints only; a warning where the
+        CPU has no bfloat16 instructions: it then runs, slower).
+    proposals
+        RPN proposals per image for a checkpoint: ``None`` (the model's own), a number, or ``auto``
+        (:func:`segbench.models.segmenter.proposals_for`).
     """
     given = [n for n, v in (("ckpt_path", ckpt_path), ("exported", exported)) if v]
     if method or baseline_params:
@@ -215,17 +238,29 @@ def load_predictor(
             "pass exactly one source: ckpt_path=FILE (a checkpoint), exported=FILE (a .onnx / TorchScript export) "
             f"or method=NAME [baseline_params=FILE] (a baseline); got {', '.join(given) or 'none'}"
         )
+    if not ckpt_path:
+        for key, value, default in (("precision", precision, "fp32"), ("proposals", proposals, None)):
+            if value != default:
+                raise SegbenchError(
+                    f"{key}={value} applies to a checkpoint (ckpt_path=); an export or a baseline runs as it "
+                    f"was built: drop {key}= (or pass ckpt_path=)"
+                )
     if ckpt_path:
         from segbench.models.segmenter import MaskRCNNSegmenter
 
-        seg, meta = MaskRCNNSegmenter.from_checkpoint(ckpt_path, device=device)
+        seg, meta = MaskRCNNSegmenter.from_checkpoint(
+            ckpt_path, device=device, precision=precision, proposals=proposals
+        )
         seg.mask_threshold = _mask_threshold(meta, mask_threshold)
         cats, l2c = _categories_from(meta)
-        predictor = Predictor(
-            seg.predict_batch, cats, l2c, f"checkpoint {ckpt_path}", score_thresholds=_thresholds_from(meta)
-        )
+        source = f"checkpoint {ckpt_path}" + (f" ({precision})" if precision != "fp32" else "")
+        if seg.proposals is not None:
+            source += f" ({seg.proposals} proposals)"
+        predictor = Predictor(seg.predict_batch, cats, l2c, source, score_thresholds=_thresholds_from(meta))
         # no mask for a box below every threshold that will be applied: it would be thrown away
         seg.score_threshold = predictor.lowest_kept_score(score_threshold)
+        if score_threshold is None:  # then below its own class's threshold, before the mask head too
+            seg.class_thresholds = {lbl: predictor.score_thresholds.get(lbl, 0.5) for lbl in l2c}
         return predictor
     if exported:
         from segbench.export import load_exported_model
@@ -263,8 +298,9 @@ def load_predictor(
             method,
         )
 
-    def segment(images: list[np.ndarray]) -> list[Instances]:
-        return [seg(im) for im in images]
+    def segment(images: list[np.ndarray], profile=None) -> list[Instances]:
+        with profile.stage("run") if profile is not None else contextlib.nullcontext():
+            return [seg(im) for im in images]
 
     cats = [{"id": 1, "name": "object"}]
     return Predictor(segment, cats, {1: 1}, f"baseline {seg.name}" + (" (fitted)" if seg.is_fitted else ""))
@@ -343,8 +379,10 @@ def with_refinement(predictor: Predictor, params_file: str | os.PathLike) -> Pre
         raise SegbenchError(f"refine_params={params_file}: {e}") from None
     segment = predictor.segment
 
-    def refined(images: list[np.ndarray]) -> list[Instances]:
-        return [refiner(im, inst) for im, inst in zip(images, segment(images), strict=True)]
+    def refined(images: list[np.ndarray], profile=None) -> list[Instances]:
+        found = segment(images) if profile is None else segment(images, profile=profile)
+        with profile.stage("refine") if profile is not None else contextlib.nullcontext():
+            return [refiner(im, inst) for im, inst in zip(images, found, strict=True)]
 
     state = "on" if refiner.enabled else "off (the fit found it does not help)"
     return Predictor(
@@ -365,6 +403,65 @@ def _threshold_used(predictor: Predictor, score_threshold: float | None) -> floa
     return {names.get(lbl, str(lbl)): t for lbl, t in sorted(predictor.score_thresholds.items())}
 
 
+def _check_num_threads(num_threads: int | None) -> None:
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise SegbenchError(
+            f"num_threads must be a positive integer or null (torch's default), got {num_threads!r}"
+        )
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None):
+    """``torch.set_num_threads(num_threads)`` for the ``with`` block only (``None``: unchanged)."""
+    _check_num_threads(num_threads)
+    if num_threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+#: The order in which :func:`format_profile` lists the stages.
+STAGE_ORDER = (
+    "decode",
+    "preprocess",
+    "backbone",
+    "rpn",
+    "box_head",
+    "mask_head",
+    "paste",
+    "rle",
+    "run",
+    "paste+rle",
+    "refine",
+    "write",
+)
+
+
+def format_profile(profile: dict) -> str:
+    """The per-stage table of ``summary["profile"]`` (ms per image and share of the stages' sum)."""
+    stages = profile["stages"]
+    names = [n for n in STAGE_ORDER if n in stages] + [n for n in stages if n not in STAGE_ORDER]
+    lines = [f"{'stage':<12} {'ms/image':>10} {'%':>6}"]
+    for n in names:
+        lines.append(f"{n:<12} {stages[n]['ms_per_image']:>10.2f} {stages[n]['percent']:>6.1f}")
+    lines.append(f"{'sum':<12} {profile['total_ms_per_image']:>10.2f} {100.0:>6.1f}")
+    lines.append(
+        f"wall time {profile['wall_ms_per_image']:.2f} ms/image over {profile['images']} image(s); decode and "
+        f"write run in background threads beside the model (the model waited "
+        f"{profile['wait_ms_per_image']:.2f} ms/image for images)"
+    )
+    return "\n".join(lines)
+
+
 def predict_images(
     predictor: Predictor,
     source: str | os.PathLike,
@@ -372,9 +469,11 @@ def predict_images(
     *,
     score_threshold: float | None = None,
     batch_size: int = 4,
+    num_threads: int | None = None,
     save_overlays: bool = True,
     save_masks: bool = False,
     progress: bool = True,
+    profile: bool = False,
 ) -> dict:
     """Predict every image of ``source`` (file, folder or glob) and write the results to ``output``.
 
@@ -382,22 +481,27 @@ def predict_images(
     ``score_threshold`` are dropped (from every file written); ``None``: below each class's calibrated
     threshold (:meth:`Predictor.keep`; 0.5 where the model has none).
 
+    The next ``batch_size`` images are read and decoded in a background thread while the model runs on
+    the current batch, and the previous batch's files are written in another, so the model does not wait
+    for the disk. ``num_threads``: torch's intra-op threads for this call (``None``: torch's default, one
+    per core), restored afterwards. ``profile``: time every stage (:class:`~segbench.models.segmenter.StageTimer`)
+    and add the split to the summary as ``profile`` (:func:`format_profile` prints it).
+
     Returns
     -------
     dict
         The summary written to ``summary.json``: ``processed``, ``skipped`` (``[{"file", "reason"}]``),
-        ``detections`` and the paths written.
+        ``detections`` and the paths written (and ``profile``).
 
     Raises
     ------
     SegbenchError
         No image could be read (or ``source`` names none).
     """
-    from PIL import Image
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    from segbench.data.coco import read_image
-    from segbench.eval.metrics import instances_to_results
     from segbench.io import write_json
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -406,6 +510,7 @@ def predict_images(
         raise SegbenchError(
             f"score_threshold must be in [0, 1] or null (calibrated), got {score_threshold!r}"
         )
+    _check_num_threads(num_threads)
     files, root = collect_images(source)
     names = [_relative_name(p, root) for p in files]
     stems = _output_stems(names)
@@ -417,35 +522,91 @@ def predict_images(
         (out / "masks").mkdir(exist_ok=True)
     label_names = predictor.label_names()
     log.info("predicting %d image(s) from %s with %s", len(files), source, predictor.source)
+    timer = None
+    if profile:
+        from segbench.models.segmenter import StageTimer
+
+        timer = StageTimer()
+
+    def stage(name: str):  # baselines run without importing torch: no segmenter helper here
+        return timer.stage(name) if timer is not None else contextlib.nullcontext()
 
     results: list[dict] = []
     images_index: dict[str, dict] = {}
     skipped: list[dict] = []
-    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
-    for start in range(0, len(files), batch_size):
+
+    def read(start: int) -> list[tuple[int, np.ndarray | None, str | None]]:
+        from segbench.data.coco import read_image
+
         batch = []
-        for i in range(start, min(start + batch_size, len(files))):
-            try:
-                batch.append((i, read_image(files[i])))
-            except SegbenchError as e:
-                reason = str(e).split(". The file is")[0]
-                log.warning("skipped %s: %s", names[i], reason)
-                skipped.append({"file": names[i], "reason": reason})
-        preds = predictor.segment([im for _, im in batch]) if batch else []
-        for (i, image), inst in zip(batch, preds, strict=True):
-            inst = predictor.keep(inst, score_threshold)
-            image_id = len(images_index) + 1
-            h, w = image.shape[:2]
-            images_index[names[i]] = {"id": image_id, "height": h, "width": w}
-            results.extend(instances_to_results(inst, image_id, predictor.label_to_cat_id))
-            if save_overlays:
-                Image.fromarray(draw_overlay(image, inst, label_names)).save(
-                    out / "overlays" / f"{stems[i]}.png"
-                )
-            if save_masks and len(inst):
-                for k, m in enumerate(inst.get_masks()):
-                    Image.fromarray(m.astype(np.uint8) * 255).save(out / "masks" / f"{stems[i]}_{k}.png")
-        bar.update(min(batch_size, len(files) - start))
+        with stage("decode"):
+            for i in range(start, min(start + batch_size, len(files))):
+                try:
+                    batch.append((i, read_image(files[i]), None))
+                except SegbenchError as e:
+                    batch.append((i, None, str(e).split(". The file is")[0]))
+        return batch
+
+    def write(items: list[tuple[int, int, np.ndarray, Instances]]) -> None:
+        from PIL import Image
+
+        from segbench.eval.metrics import instances_to_results
+
+        with stage("write"):
+            for i, image_id, image, inst in items:
+                results.extend(instances_to_results(inst, image_id, predictor.label_to_cat_id))
+                if save_overlays:
+                    Image.fromarray(draw_overlay(image, inst, label_names)).save(
+                        out / "overlays" / f"{stems[i]}.png"
+                    )
+                if save_masks and len(inst):
+                    for k, m in enumerate(inst.get_masks()):
+                        Image.fromarray(m.astype(np.uint8) * 255).save(out / "masks" / f"{stems[i]}_{k}.png")
+
+    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
+    wait = 0.0
+    t_start = time.perf_counter()
+    # one reader and one writer thread: decoding and PNG writing release the GIL, so they overlap the
+    # model (torch's own threads) instead of leaving its cores idle between batches
+    with (
+        torch_threads(num_threads),
+        ThreadPoolExecutor(1, "predict-read") as reader,
+        ThreadPoolExecutor(1, "predict-write") as writer,
+    ):
+        starts = list(range(0, len(files), batch_size))
+        pending = reader.submit(read, starts[0]) if starts else None
+        written = None
+        for k in range(len(starts)):
+            t0 = time.perf_counter()
+            batch = pending.result()
+            wait += time.perf_counter() - t0
+            pending = reader.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
+            for i, _, reason in batch:
+                if reason is not None:
+                    log.warning("skipped %s: %s", names[i], reason)
+                    skipped.append({"file": names[i], "reason": reason})
+            batch = [(i, im) for i, im, reason in batch if reason is None]
+            images = [im for _, im in batch]
+            if not images:
+                preds = []
+            elif timer is None:
+                preds = predictor.segment(images)
+            else:
+                preds = predictor.segment(images, profile=timer)
+            items = []
+            for (i, image), inst in zip(batch, preds, strict=True):
+                inst = predictor.keep(inst, score_threshold)
+                image_id = len(images_index) + 1
+                h, w = image.shape[:2]
+                images_index[names[i]] = {"id": image_id, "height": h, "width": w}
+                items.append((i, image_id, image, inst))
+            if written is not None:
+                written.result()  # one batch in writing at a time (memory); raises its error here
+            written = writer.submit(write, items)
+            bar.update(min(batch_size, len(files) - starts[k]))
+        if written is not None:
+            written.result()
+    wall = time.perf_counter() - t_start
     bar.close()
 
     summary = {
@@ -455,8 +616,18 @@ def predict_images(
         "skipped": skipped,
         "detections": len(results),
         "score_threshold": _threshold_used(predictor, score_threshold),
+        "batch_size": batch_size,
+        "num_threads": num_threads,
         "predictions": str(out / "predictions.json"),
     }
+    if timer is not None:
+        timer.images = len(images_index)
+        n = max(len(images_index), 1)
+        summary["profile"] = {
+            **timer.summary(),
+            "wall_ms_per_image": 1000 * wall / n,
+            "wait_ms_per_image": 1000 * wait / n,
+        }
     if not images_index:
         write_json(out / "summary.json", summary)
         raise SegbenchError(

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from segbench.eval.runner import evaluate_segmenter
 from segbench.io import atomic_path, read_json, write_csv, write_json
+from segbench.models.segmenter import cpu_has_bf16  # lives with the model code (models < training)
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
@@ -41,21 +42,6 @@ class Preempted(SegbenchError):
     continues). The ``train`` command exits with :data:`PREEMPTED_EXIT_CODE`."""
 
     exit_code = PREEMPTED_EXIT_CODE
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), which make ``bf16-mixed`` training
-    faster than float32; without them autocast emulates bfloat16 and is slower."""
-    import torch
-
-    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        probe = getattr(torch.cpu, name, None)
-        try:
-            if probe is not None and probe():
-                return True
-        except RuntimeError:  # pragma: no cover - a torch build without the probe's backend
-            continue
-    return False
 
 
 def cpu_precision() -> str:
@@ -110,21 +96,146 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, list[tuple[Path
     return path, skipped
 
 
+#: Written by global rank 0 into the run folder of a run started by torchrun or srun: the launcher, its job id
+#: and the start time all ranks agreed on (a requeued SLURM job finds its run by it, :func:`requeued_run`).
+LAUNCH_FILE = "launch.json"
+
+
+def launcher(environ: Mapping[str, str] | None = None) -> str | None:
+    """The external launcher that started this process as one rank of a distributed run: ``"torchrun"``
+    (``TORCHELASTIC_RUN_ID`` in the environment; also when torchrun runs inside an srun step), ``"slurm"``
+    (``SLURM_PROCID`` of a job step with more than one task, ``SLURM_NTASKS > 1``), else ``None`` (a plain
+    command, or a DDP rank that Lightning itself started)."""
+    env = os.environ if environ is None else environ
+    if "TORCHELASTIC_RUN_ID" in env:
+        return "torchrun"
+    if "SLURM_PROCID" in env and "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS") or 1) > 1:
+        return "slurm"
+    return None
+
+
+def is_global_zero(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is the global rank 0 of its run, from the environment alone (before Lightning
+    starts): ``RANK`` (torchrun), ``SLURM_PROCID`` (srun), else ``NODE_RANK`` and ``LOCAL_RANK`` (the ranks
+    Lightning starts); a process with none of them is rank 0."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env:
+        return env["RANK"] == "0"
+    if launcher(env) == "slurm":
+        return env["SLURM_PROCID"] == "0"
+    return all(env.get(k, "0") == "0" for k in ("NODE_RANK", "GROUP_RANK", "LOCAL_RANK"))
+
+
+def shared_start_time(environ: Mapping[str, str] | None = None, *, timeout: float = 300.0) -> str:
+    """The start time (ISO 8601) that every rank of a run started by torchrun or srun agrees on, so that all
+    resolve the same ``${now:}`` and hence the same run folder — never each node's own clock.
+
+    - ``$SEGBENCH_START_TIME`` when set (inherited from segbench's own launching process, or exported by the
+      user on every node).
+    - torchrun: the clock of the first rank to ask, published in torchrun's rendezvous store (the agent's
+      ``TCPStore`` at ``MASTER_ADDR:MASTER_PORT``, shared with the workers when
+      ``TORCHELASTIC_USE_AGENT_STORE=True``, torch's default) under a key of the run id and restart count:
+      ``compare_set`` makes one value win whichever node comes first.
+    - srun: the job's start time ``$SLURM_JOB_START_TIME`` (Slurm 23.02 and later).
+    - no external launcher: this process's clock.
+
+    Raises
+    ------
+    SegbenchError
+        torchrun without a shared store, or srun on a Slurm without ``SLURM_JOB_START_TIME``: the message says
+        to export ``SEGBENCH_START_TIME`` (or to pass ``run_dir=``).
+    """
+    from datetime import datetime, timedelta
+
+    env = os.environ if environ is None else environ
+    if env.get("SEGBENCH_START_TIME"):
+        return env["SEGBENCH_START_TIME"]
+    mine = datetime.now().isoformat(timespec="microseconds")
+    how = (
+        "export the same SEGBENCH_START_TIME on every node (e.g. SEGBENCH_START_TIME=$(date +%Y-%m-%dT%H:%M:%S) "
+        "before the launcher) or give every node the same run_dir=..."
+    )
+    kind = launcher(env)
+    if kind == "torchrun":
+        if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in env:
+            raise SegbenchError(
+                "torchrun started this rank without sharing its rendezvous store "
+                f"(TORCHELASTIC_USE_AGENT_STORE={env.get('TORCHELASTIC_USE_AGENT_STORE')}), so the nodes cannot "
+                f"agree on one run folder: {how}"
+            )
+        from torch.distributed import TCPStore
+
+        where = f"{env['MASTER_ADDR']}:{env.get('MASTER_PORT')}"
+        key = f"segbench/start_time/{env['TORCHELASTIC_RUN_ID']}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        try:
+            store = TCPStore(
+                env["MASTER_ADDR"],
+                int(env["MASTER_PORT"]),
+                is_master=False,
+                timeout=timedelta(seconds=timeout),
+            )
+            return store.compare_set(key, "", mine).decode()
+        except (
+            RuntimeError,
+            OSError,
+            ValueError,
+        ) as e:  # DistNetworkError / DistStoreError are RuntimeErrors
+            raise SegbenchError(
+                f"cannot reach torchrun's rendezvous store at {where} to agree on the run folder ({e}); {how}"
+            ) from None
+    if kind == "slurm":
+        start = env.get("SLURM_JOB_START_TIME")
+        if not start:
+            raise SegbenchError(
+                f"srun started {env.get('SLURM_NTASKS')} tasks, but this Slurm sets no SLURM_JOB_START_TIME "
+                f"(Slurm < 23.02), so the tasks cannot agree on one run folder: {how}"
+            )
+        return datetime.fromtimestamp(int(start)).isoformat(timespec="microseconds")
+    return mine
+
+
+def requeued_run(
+    output_dir: str | os.PathLike, name: str, *, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The run folder a requeued SLURM job continues: when ``SLURM_RESTART_COUNT > 0``, the newest run of
+    ``name`` whose :data:`LAUNCH_FILE` names this ``SLURM_JOB_ID`` and that holds a checkpoint (the
+    ``hpc_ckpt_*.ckpt`` Lightning's ``SLURMEnvironment`` writes before requeueing, or ``last.ckpt``)."""
+    env = os.environ if environ is None else environ
+    job = env.get("SLURM_JOB_ID")
+    if not job or int(env.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    base = Path(output_dir) / "train" / name
+    runs = []
+    for f in base.glob(f"*/{LAUNCH_FILE}"):
+        try:
+            if str(read_json(f).get("job_id")) == job and run_checkpoints(f.parent):
+                runs.append(f.parent)
+        except (OSError, ValueError):  # an unreadable launch file is not this job's
+            continue
+    return max(runs, key=lambda p: _natural_key(p.name)) if runs else None
+
+
 def claim_run_dir(
     path: str | os.PathLike, *, environ: MutableMapping[str, str] | None = None, attempts: int = 1000
 ) -> tuple[Path, bool]:
     """The run folder a new run writes to, and whether this process owns it (and writes its config).
 
-    A process owns a folder when it creates the folder's ``config.yaml`` (:data:`RUN_MARKER`): the file is
-    made with exclusive creation (``open(..., "x")``), which the file system grants to one process only. Of
-    two commands that resolve the same folder (the same ``name`` started in the same second), the first
-    owns it and the second moves on to ``<folder>-2`` (then ``-3``...). The folder itself may exist already:
-    Hydra makes each multirun job's folder before the job starts.
+    The rule, by who started the process:
 
-    A DDP rank that Lightning started (``LOCAL_RANK`` in its environment) claims nothing: it uses the folder
-    its launching process claimed, which the launcher passed down in ``$SEGBENCH_RUN_DIR``
-    (:data:`RUN_DIR_ENV`, set here), or ``path`` itself when there is none (ranks started by torchrun or
-    srun, which resolve the same ``path`` from a shared ``SEGBENCH_START_TIME``).
+    - **A plain command** claims a folder: it owns the one whose ``config.yaml`` (:data:`RUN_MARKER`) it
+      creates with exclusive creation (``open(..., "x")``), which the file system grants to one process
+      only. Of two commands that resolve the same folder (the same ``name`` started in the same second),
+      the first owns it and the second moves on to ``<folder>-2`` (then ``-3``...). The folder itself may
+      exist already: Hydra makes each multirun job's folder before the job starts. The claimed folder is
+      passed to the ranks Lightning starts in ``$SEGBENCH_RUN_DIR`` (:data:`RUN_DIR_ENV`, set here).
+    - **A DDP rank that Lightning started** (``LOCAL_RANK`` in its environment, no external launcher)
+      claims nothing and owns nothing: it uses ``$SEGBENCH_RUN_DIR`` (or ``path`` when there is none).
+    - **A rank started by torchrun or srun** (:func:`launcher`), on any node, takes ``path`` as it is: every
+      rank resolved the same ``path`` from the start time they share (:func:`shared_start_time`), and none
+      may move to a ``-2`` the others would not know of. Only the global rank 0 (:func:`is_global_zero`;
+      ``RANK``, not ``LOCAL_RANK``: each node has a local rank 0) owns it; it still creates the marker
+      exclusively, and a folder already taken by another run is an error (the ranks of the other nodes
+      cannot follow a new name) that says to pass ``run_dir=`` or another ``name=``.
 
     Parameters
     ----------
@@ -136,11 +247,25 @@ def claim_run_dir(
         How many suffixes to try.
     """
     env = os.environ if environ is None else environ
+    if launcher(env) is not None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        owner = is_global_zero(env)
+        if owner:
+            try:
+                with open(folder / RUN_MARKER, "x", encoding="utf-8"):
+                    pass
+            except FileExistsError:
+                raise SegbenchError(
+                    f"{folder} belongs to another run (its {RUN_MARKER} exists) and the ranks on the other nodes "
+                    "cannot follow this one to a new folder; give the run its own run_dir=... or name=..."
+                ) from None
+        return folder, owner
     if "LOCAL_RANK" in env:
         inherited = env.get(RUN_DIR_ENV)
         folder = Path(inherited or path)
         folder.mkdir(parents=True, exist_ok=True)
-        return folder, not inherited and env["LOCAL_RANK"] == "0"
+        return folder, not inherited and is_global_zero(env)
     folder = claim_folder(path, marker=RUN_MARKER, attempts=attempts)
     env[RUN_DIR_ENV] = str(folder)
     return folder, True
@@ -312,9 +437,7 @@ def evaluate_checkpoint(
     (:func:`segbench.eval.analysis.find_label_errors`). ``store_thresholds`` writes the calibrated
     thresholds into the checkpoint's card, where ``predict`` and ``export`` find them.
     """
-    from segbench.eval.analysis import analyse, find_label_errors, per_image_table, thresholds_by_name
-    from segbench.io import write_csv
-    from segbench.models.checkpoint import check_classes, update_card
+    from segbench.models.checkpoint import check_classes
     from segbench.models.segmenter import MaskRCNNSegmenter
 
     seg, card = MaskRCNNSegmenter.from_checkpoint(ckpt_path)
@@ -322,6 +445,37 @@ def evaluate_checkpoint(
     metrics, ev = evaluate_segmenter(
         seg, dataset, max_dets=max_dets, score_threshold=score_threshold, limit=limit, progress=progress
     )
+    return write_evaluation(
+        ckpt_path,
+        dataset,
+        metrics,
+        ev,
+        out_dir=out_dir,
+        score_threshold=score_threshold,
+        store_thresholds=store_thresholds,
+        label_errors=label_errors,
+    )
+
+
+def write_evaluation(
+    ckpt_path: str | os.PathLike,
+    dataset,
+    metrics: dict,
+    ev,
+    *,
+    out_dir: str | os.PathLike,
+    score_threshold: float | None = 0.5,
+    store_thresholds: bool = False,
+    label_errors: bool = False,
+) -> dict:
+    """The second half of :func:`evaluate_checkpoint`, for scores computed elsewhere (one process, or the
+    merged shards of :func:`segbench.distributed.evaluate_checkpoint_distributed`): the error analysis,
+    the calibrated thresholds and the files, from ``metrics`` and the
+    :class:`~segbench.eval.metrics.Evaluator` ``ev`` that holds the results and matches."""
+    from segbench.eval.analysis import analyse, find_label_errors, per_image_table, thresholds_by_name
+    from segbench.io import write_csv
+    from segbench.models.checkpoint import update_card
+
     gt = ev.gt_dataset()
     analysis = analyse(gt, ev.results, score_threshold=score_threshold)
     thresholds = thresholds_by_name(analysis.pop("calibrated"))

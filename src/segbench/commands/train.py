@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.io import atomic_write_text
+from segbench.io import atomic_write_text, write_json
 from segbench.report.tables import format_metrics_table
 from segbench.types import SegbenchError
 
@@ -26,6 +26,19 @@ def _rebase(cfg: DictConfig, old: str, new: str) -> None:
             _rebase(v, old, new)
         elif isinstance(v, str) and v.startswith(old):
             cfg[key] = new + v[len(old) :]
+
+
+def _launch_record() -> dict:
+    """What :data:`~segbench.training.LAUNCH_FILE` records of the external launcher (torchrun or srun)."""
+    env = os.environ
+    slurm = "SLURM_JOB_ID" in env and "TORCHELASTIC_RUN_ID" not in env
+    return {
+        "launcher": "slurm" if slurm else "torchrun",
+        "job_id": env.get("SLURM_JOB_ID") if slurm else env.get("TORCHELASTIC_RUN_ID"),
+        "world_size": int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1),
+        "num_nodes": int(env.get("GROUP_WORLD_SIZE") or env.get("SLURM_NNODES") or 1),
+        "start_time": env.get("SEGBENCH_START_TIME"),
+    }
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -89,15 +102,34 @@ def run(cfg: DictConfig) -> dict:
     test_after_fit. Presets: experiment=NAME (configs/experiment/). Sweeps: ``segbench train -m
     key=a,b ...`` (Hydra multirun; hparams_search=maskrcnn_optuna for Optuna) writes one run folder per
     job and sweep.csv. SIGTERM stops at the next batch with a checkpoint of that step (exit status 143).
+    Multi-node: the same command on every node under torchrun or srun with trainer.num_nodes=N (trainer=slurm
+    on SLURM, with auto-requeue); all ranks share one run folder, written by global rank 0, and a requeued
+    SLURM job continues its own run (docs/guide.md, "Multi-node training").
     """
+    from segbench.callbacks import publish_run
     from segbench.models.checkpoint import read_checkpoint
-    from segbench.training import claim_run_dir, fit, latest_run, resume_checkpoint, run_checkpoints
+    from segbench.training import (
+        LAUNCH_FILE,
+        claim_run_dir,
+        fit,
+        is_global_zero,
+        latest_run,
+        launcher,
+        requeued_run,
+        resume_checkpoint,
+        run_checkpoints,
+    )
 
     started = time.perf_counter()
     ckpt_path = cfg.get("ckpt_path")
     run_dir = Path(cfg.run_dir)
-    if cfg.get("resume") and not ckpt_path:
-        prev = run_dir if run_checkpoints(run_dir) else latest_run(cfg.paths.output_dir, cfg.name)
+    requeued = None if cfg.get("resume") or ckpt_path else requeued_run(cfg.paths.output_dir, cfg.name)
+    if requeued is not None:
+        log.info("SLURM requeued job %s: continuing its run %s", os.environ.get("SLURM_JOB_ID"), requeued)
+    if (cfg.get("resume") or requeued is not None) and not ckpt_path:
+        prev = requeued or (
+            run_dir if run_checkpoints(run_dir) else latest_run(cfg.paths.output_dir, cfg.name)
+        )
         if prev is None:
             raise SegbenchError(
                 f"resume=true but no earlier run of '{cfg.name}' with a checkpoint under "
@@ -115,7 +147,7 @@ def run(cfg: DictConfig) -> dict:
                 + " (reasons in the log above)"
             )
         ckpt_path = str(ckpt)
-        owner = os.environ.get("LOCAL_RANK", "0") == "0"
+        owner = is_global_zero()  # RANK / SLURM_PROCID: each node of a multi-node run has a LOCAL_RANK 0
         log.info("resuming %s from %s", prev, ckpt_path)
     else:
         if ckpt_path:  # refuses missing, unsafe or foreign files before any work
@@ -126,6 +158,8 @@ def run(cfg: DictConfig) -> dict:
             cfg.run_dir = str(run_dir)
     if owner:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        if (launcher() is not None or "SLURM_JOB_ID" in os.environ) and requeued is None:
+            write_json(run_dir / LAUNCH_FILE, _launch_record())  # a requeued SLURM job finds its run by it
     if cfg.get("seed") is not None:
         import pytorch_lightning as pl
 
@@ -144,6 +178,7 @@ def run(cfg: DictConfig) -> dict:
         eval_score_threshold=cfg.model.get("eval_score_threshold", 0.5),
         started=started,
     )
+    publish_run(trainer, result)  # logger=mlflow / wandb: the final report and best checkpoint (TrackRun)
     if trainer.is_global_zero:
         print(f"run folder: {run_dir}")
         if result.get("val"):
