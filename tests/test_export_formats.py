@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def test_predict_with_the_openvino_export_matches_the_checkpoint(exported_ov, ti
     assert summary["source"].startswith("openvino export")
 
 
+@pytest.mark.slow  # bfloat16 is emulated, slowly, on a CPU without AVX512-BF16 or AMX (the CI machine's)
 def test_bf16_is_checked_without_a_file(tiny, tmp_path):
     out = tmp_path / "export"
     code = main(["export", f"ckpt_path={tiny[0]}", f"out={out}", "formats=[bf16]", "tolerances.ap=1.0"])
@@ -258,6 +260,11 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow  # training 300 steps + two INT8 calibrations: several minutes on 2 cores
+@pytest.mark.skipif(
+    os.environ.get("SEGBENCH_INT8_QUALITY_TEST") != "1",
+    reason="not yet verified: the 300-step easy model may not reach the AP this test needs (issue 17); "
+    "run with SEGBENCH_INT8_QUALITY_TEST=1",
+)
 def test_a_broken_int8_calibration_fails_the_accuracy_check(trained, tmp_path):
     ckpt, _ = trained
     base = ["export", f"ckpt_path={ckpt}", "formats=[openvino_int8]", "tolerances.ap=0.02"]
