@@ -134,3 +134,37 @@ def test_keep_empty_classes_trains_every_category(tmp_path):
     assert dm.class_names == ["a", "b", "c"] and dm.val_coco.class_names == ["a", "b", "c"]
     assert dm.val_coco.load_instances(0).labels.tolist() == [1, 3]
     assert not dm.val_coco.dropped.total
+
+
+class _WorkerProbe(torch.utils.data.Dataset):
+    """What a loader worker sees: its SIGTERM handler and a draw of numpy's global generator."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        import signal
+
+        return signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, float(np.random.rand())
+
+
+def _probe(dm) -> list:
+    return [(bool(a[0]), float(b[0])) for a, b in dm._loader(_WorkerProbe(), batch_size=1, shuffle=False)]
+
+
+def test_loader_workers_leave_sigterm_to_the_main_process_and_stay_seeded(synth_root, monkeypatch):
+    """SLURM signals every process of a preempted job: a worker must not die of it before the main process
+    checkpoints. A worker_init_fn of our own must keep Lightning's worker seeding (seed_everything)."""
+    dm = CocoDataModule(root=str(synth_root), num_workers=1)
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    torch.manual_seed(5)
+    first = _probe(dm)
+    torch.manual_seed(5)
+    assert _probe(dm) == first  # seeded from torch's seed, as Lightning's own worker init does
+    assert all(ignored for ignored, _ in first) and first[0][1] != first[1][1]
+    assert (
+        CocoDataModule(root=str(synth_root), num_workers=0)
+        ._loader(_WorkerProbe(), batch_size=1, shuffle=False)
+        .worker_init_fn
+        is None
+    )

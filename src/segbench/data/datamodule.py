@@ -12,8 +12,10 @@ cropped one at a time, so an image with hundreds of objects never holds hundreds
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +52,23 @@ def _random_window(h: int, w: int, size: int, rng: np.random.Generator) -> tuple
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
     return y0, x0, ch, cw
+
+
+def init_worker(worker_id: int, rank: int = 0) -> None:
+    """A DataLoader worker's start: it ignores SIGTERM, and is seeded as Lightning seeds workers.
+
+    A scheduler preempting a job (SLURM, Kubernetes) sends SIGTERM to every process of the job, the loader's
+    workers too: a worker that died of it would make the next batch fail ("DataLoader worker is killed by
+    signal") before the main process's handler (:class:`segbench.callbacks.CheckpointOnSigterm`) saves the
+    current step; ignoring it leaves the stop to the main process, which shuts its workers down. Setting a
+    ``worker_init_fn`` turns off Lightning's own worker seeding (``seed_everything(workers=True)``), so
+    this calls it.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning_fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 class TrainDataset(Dataset):
@@ -312,11 +331,13 @@ class CocoDataModule(pl.LightningDataModule):
         return self._subset(EvalDataset(self.val_coco), self.limit_val)
 
     def _loader(self, ds: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(
             ds,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
+            worker_init_fn=functools.partial(init_worker, rank=rank) if self.num_workers > 0 else None,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=collate,
