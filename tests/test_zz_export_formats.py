@@ -1,4 +1,7 @@
-"""`segbench export` to the CPU inference formats (issue 17): OpenVINO (float32), INT8 by NNCF, bf16.
+"""(Named to run last: after this module's in-process OpenVINO exports, an in-process Hydra multirun
+(tests/test_sweeps.py) loses pytest's captured stderr, 'I/O operation on closed file': cause not found yet.)
+
+`segbench export` to the CPU inference formats (issue 17): OpenVINO (float32), INT8 by NNCF, bf16.
 
 Each format is exported from a tiny model, reloaded, parity- and accuracy-checked; `predict exported=model.xml`
 gives the checkpoint's results; a missing package is reported "not installed"; a reduced-precision format
