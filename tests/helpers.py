@@ -1,9 +1,11 @@
-"""Callbacks used by tests through Hydra overrides (``+callbacks.x._target_=tests.helpers.X``)."""
+"""Callbacks used by tests through Hydra overrides (``+callbacks.x._target_=tests.helpers.X``), and shared
+run arguments."""
 
 from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytorch_lightning as pl
 
@@ -17,3 +19,20 @@ class KillAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def interruptible_run_args(synth_root: Path) -> list[str]:
+    """A deterministic 3-epoch x 3-step tiny run: the reference that an interrupted and resumed run must equal
+    (SIGKILL in test_crash_safety, SIGTERM in test_faults)."""
+    return [
+        "debug=tiny",
+        f"data.root={synth_root}",
+        "model.net.min_size=64",
+        "model.net.max_size=64",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=3",
+        "trainer.deterministic=true",
+        "data.limit_val=4",
+        "seed=7",
+        "test_after_fit=false",
+    ]

@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from segbench.callbacks import AtomicCheckpointIO
+from tests.helpers import interruptible_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGBENCH = str(Path(sys.executable).parent / "segbench")
@@ -31,18 +32,7 @@ def _train(args: list[str], out: Path) -> subprocess.CompletedProcess:
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synth_root, tmp_path):
-    args = [
-        "debug=tiny",
-        f"data.root={synth_root}",
-        "model.net.min_size=64",
-        "model.net.max_size=64",
-        "trainer.max_epochs=3",
-        "trainer.limit_train_batches=3",
-        "trainer.deterministic=true",
-        "data.limit_val=4",
-        "seed=7",
-        "test_after_fit=false",
-    ]
+    args = interruptible_run_args(synth_root)
     ref = _train(args, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-2000:]
     (ref_run,) = (tmp_path / "ref" / "train" / "default").iterdir()

@@ -23,6 +23,7 @@ from segbench.cli import main
 from segbench.models.checkpoint import newest_readable_checkpoint
 from segbench.training import PREEMPTED_EXIT_CODE, RUN_DIR_ENV, claim_run_dir, latest_run
 from segbench.types import SegbenchError
+from tests.helpers import interruptible_run_args
 from tests.test_training import run_dirs, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,19 +271,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_finishes_the_run(synth_
 
 @pytest.mark.slow
 def test_sigterm_then_resume_matches_the_uninterrupted_run(synth_root, tmp_path):
-    args = [
-        "train",
-        "debug=tiny",
-        f"data.root={synth_root}",
-        "model.net.min_size=64",
-        "model.net.max_size=64",
-        "trainer.max_epochs=3",
-        "trainer.limit_train_batches=3",
-        "trainer.deterministic=true",
-        "data.limit_val=4",
-        "seed=7",
-        "test_after_fit=false",
-    ]
+    args = ["train", *interruptible_run_args(synth_root)]
     ref = _run([*args, f"paths.output_dir={tmp_path / 'ref'}"])
     assert ref.returncode == 0, ref.stderr[-2000:]
     (ref_run,) = run_dirs(tmp_path / "ref")

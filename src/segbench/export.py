@@ -889,16 +889,9 @@ def calibration_files(
     return files, where
 
 
-def _runtime_segmenter(runtime, mask_threshold: float):
-    """``image (H, W, 3) uint8 -> Instances`` through an export runtime (as ``segbench predict exported=``)."""
-    from segbench.models.segmenter import image_to_tensor, output_to_instances
-
-    def segment(image: np.ndarray):
-        o = runtime(image_to_tensor(image))
-        t = {k: torch.from_numpy(np.asarray(v)) for k, v in o.items()}
-        return output_to_instances(t, image.shape[:2], mask_threshold=mask_threshold)
-
-    return segment
+def _single(segment_batch: Callable) -> Callable:
+    """``image -> Instances`` from ``images -> list[Instances]`` (the evaluator's one-image interface)."""
+    return lambda image: segment_batch([image])[0]
 
 
 def _torch_segmenter(model: torch.nn.Module, mask_threshold: float, precision: str):
@@ -1223,7 +1216,9 @@ def export_checkpoint(
                 if fmt == "bf16":
                     segment = _torch_segmenter(model, accuracy.mask_threshold, "bf16")
                 else:
-                    segment = _runtime_segmenter(runtime, accuracy.mask_threshold)
+                    from segbench.models.segmenter import runtime_segmenter
+
+                    segment = _single(runtime_segmenter(runtime, accuracy.mask_threshold))
                 acc = accuracy.check(segment)
                 entry.update(acc)
                 if "accuracy_problem" in acc:

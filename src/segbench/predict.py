@@ -169,29 +169,6 @@ def _categories_from(meta: dict) -> tuple[list[dict], dict[int, int]]:
     return cats, l2c
 
 
-def _exported_segmenter(runtime, mask_threshold: float) -> Callable[..., list[Instances]]:
-    """An export's runtime as ``segment(images, profile=None)``; its internals are not visible, so the
-    profile gets ``run`` (the runtime's call: network, and for ONNX the paste) and ``paste+rle``."""
-    import torch
-
-    from segbench.models.segmenter import image_to_tensor, output_to_instances, profile_stage
-
-    def segment(images: list[np.ndarray], profile=None) -> list[Instances]:
-        with profile_stage(profile, "run"):
-            outputs = runtime.run_batch([image_to_tensor(im) for im in images])
-        with profile_stage(profile, "paste+rle"):
-            return [
-                output_to_instances(
-                    {k: torch.from_numpy(np.asarray(v)) for k, v in o.items()},
-                    im.shape[:2],
-                    mask_threshold=mask_threshold,
-                )
-                for im, o in zip(images, outputs, strict=True)
-            ]
-
-    return segment
-
-
 def load_predictor(
     *,
     ckpt_path: str | os.PathLike | None = None,
@@ -264,12 +241,13 @@ def load_predictor(
         return predictor
     if exported:
         from segbench.export import load_exported_model
+        from segbench.models.segmenter import runtime_segmenter
 
         runtime, card = load_exported_model(exported, device=device)
         cats, l2c = _categories_from(card)
         thr = _mask_threshold(card, mask_threshold)
         return Predictor(
-            _exported_segmenter(runtime, thr),
+            runtime_segmenter(runtime, thr),
             cats,
             l2c,
             f"{runtime.name} export {exported}",

@@ -240,6 +240,28 @@ def profile_stage(profile: StageTimer | None, name: str):
     return _NO_STAGE if profile is None else profile.stage(name)
 
 
+def runtime_segmenter(runtime, mask_threshold: float):
+    """An export's runtime (:mod:`segbench.export`: ``run_batch([3, H, W] tensors) -> outputs``) as
+    ``segment(images, profile=None) -> list[Instances]`` (``segbench predict model=<export>`` and the export's
+    accuracy check). Its internals are not visible, so the profile gets ``run`` (the runtime's call: network,
+    and for ONNX the paste) and ``paste+rle``."""
+
+    def segment(images: list[np.ndarray], profile: StageTimer | None = None) -> list[Instances]:
+        with profile_stage(profile, "run"):
+            outputs = runtime.run_batch([image_to_tensor(im) for im in images])
+        with profile_stage(profile, "paste+rle"):
+            return [
+                output_to_instances(
+                    {k: torch.from_numpy(np.asarray(v)) for k, v in o.items()},
+                    im.shape[:2],
+                    mask_threshold=mask_threshold,
+                )
+                for im, o in zip(images, outputs, strict=True)
+            ]
+
+    return segment
+
+
 def _device_of(model) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
