@@ -317,3 +317,26 @@ def test_int8_falls_back_to_the_backbone_when_the_whole_graph_fails(exported_ov,
     fq = [op.get_friendly_name() for op in q.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
     assert len(fq) >= 20 and not [n for n in fq if "/rpn/" in n or "/roi_heads/" in n], fq
     assert not [op for op in fp32.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]  # not changed
+
+
+def test_openvino_placeholder_row_of_an_empty_result_is_dropped():
+    from segbench.export import _drop_placeholder_rows
+
+    # what OpenVINO's CPU plugin returns where PyTorch finds nothing (a blank image): one row of zeros
+    empty = {
+        "boxes": np.array([[0.0, 1e-45, 3e-45, 6e-45]], np.float32),
+        "labels": np.array([1]),
+        "scores": np.array([0.0], np.float32),
+        "masks": np.zeros((1, 1, 8, 8), np.float32),
+    }
+    out = _drop_placeholder_rows(empty, 0.05)
+    assert {k: v.shape[0] for k, v in out.items()} == {"boxes": 0, "labels": 0, "scores": 0, "masks": 0}
+    real = {
+        "boxes": np.array([[1, 1, 5, 5], [2, 2, 6, 7]], np.float32),
+        "labels": np.array([1, 2]),
+        "scores": np.array([0.9, 0.05], np.float32),
+        "masks": np.ones((2, 1, 8, 8), np.float32),
+    }
+    assert _drop_placeholder_rows(real, 0.05) is real  # real detections (one at the cut) are kept as they are
+    # with no card (score cut 0) a zero score is still not a detection
+    assert len(_drop_placeholder_rows(empty, 0.0)["scores"]) == 0

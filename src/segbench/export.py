@@ -352,6 +352,27 @@ def _import_openvino():
     return openvino
 
 
+def _drop_placeholder_rows(out: Output, score_cut: float) -> Output:
+    """Remove the rows that are not detections from an OpenVINO result.
+
+    Where the PyTorch model returns no detection (a blank image), OpenVINO's CPU plugin returns one row of
+    zeros (score 0, a box of denormals): its data-dependent ops do not produce empty tensors. torchvision
+    keeps only scores >= ``box_score_thresh`` (``score_cut``) and boxes of positive size, so a row that fails
+    either was never a detection.
+    """
+    scores, boxes = out.get("scores"), out.get("boxes")
+    if scores is None or boxes is None or not len(scores):
+        return out
+    keep = (
+        (scores >= max(score_cut, np.finfo(np.float32).tiny))
+        & (boxes[:, 2] > boxes[:, 0])
+        & (boxes[:, 3] > boxes[:, 1])
+    )
+    if keep.all():
+        return out
+    return {k: v[keep] if len(v) == len(scores) else v for k, v in out.items()}
+
+
 class OpenVinoRuntime:
     """An OpenVINO IR (``.xml`` + ``.bin``) compiled for the CPU; one ``[3, H, W]`` image per call, like
     :class:`OnnxRuntime`.
@@ -385,12 +406,15 @@ class OpenVinoRuntime:
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        card = self.embedded_card or {}
+        self.score_cut = float(card.get("box_score_thresh", 0.0))
 
     def __call__(self, image: torch.Tensor) -> Output:
         x = np.ascontiguousarray(image.detach().cpu().float().numpy())
         res = self.request.infer({0: x})
         # copies: the request reuses its output buffers on the next call
-        return {n: np.array(res[o]) for n, o in zip(self.output_names, self.compiled.outputs, strict=True)}
+        out = {n: np.array(res[o]) for n, o in zip(self.output_names, self.compiled.outputs, strict=True)}
+        return _drop_placeholder_rows(out, self.score_cut)
 
     def run_batch(self, images: Sequence[torch.Tensor]) -> list[Output]:
         return [self(im) for im in images]
