@@ -122,7 +122,7 @@ def test_run_folder_time_comes_from_the_launching_process(monkeypatch):
     monkeypatch.setenv("SEGBENCH_START_TIME", "2031-02-03T04:05:06.000007")
     cfg = compose("train", [])
     OmegaConf.resolve(cfg)
-    assert cfg.run_dir.endswith("train/default/2031-02-03_04-05-06")
+    assert cfg.run_dir.endswith("train/auto/2031-02-03_04-05-06")  # experiment=auto, the default, names runs
 
 
 def test_score_two_results_files_every_backend_and_label_errors(capsys, tmp_path):

@@ -17,7 +17,8 @@ SRC = Path(segbench.__file__).resolve().parent
 #: room on its own floor or above. ``io`` sits above ``types`` because it raises ``SegbenchError``;
 #: ``callbacks`` (Lightning plugins and callbacks) below ``training``, which writes checkpoints with them;
 #: ``predict`` above ``export`` and ``report`` because it runs exported models and draws overlays;
-#: ``distributed`` (predict and eval over DDP processes) just above ``predict`` and ``training``, which it runs.
+#: ``distributed`` (predict and eval over DDP processes) just above ``predict`` and ``training``, which it runs;
+#: ``recipe`` (experiment=auto: statistics, the probe, the rules) beside ``training``, on the models and data.
 FLOORS: list[set[str]] = [
     {"types", "options"},
     {"io"},
@@ -25,7 +26,7 @@ FLOORS: list[set[str]] = [
     {"eval"},
     {"models"},
     {"callbacks"},
-    {"training"},
+    {"training", "recipe"},
     {"report", "export", "advise"},
     {"predict"},
     {"distributed"},

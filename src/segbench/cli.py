@@ -22,8 +22,10 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -119,20 +121,85 @@ def _cpu_precision() -> str:
 
 
 def compose(config_name: str, overrides: list[str]):
-    """Compose ``configs/<config_name>.yaml`` with overrides; raise UsageError with a readable message."""
+    """Compose ``configs/<config_name>.yaml`` with overrides; raise UsageError with a readable message.
+
+    ``experiment=FILE.yaml`` selects an experiment config by its path (:func:`experiment_files`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        with (
+            experiment_files(overrides) as resolved,
+            initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"),
+        ):
             _register_resolvers()
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=resolved)
     except (HydraException, OmegaConfBaseException) as e:
         raise _override_error(e) from None
     _check_missing(cfg)
     return cfg
+
+
+#: The config groups whose option may be given as the path of a YAML file.
+FILE_GROUPS = ("experiment",)
+
+
+def _file_option(value: str) -> Path | None:
+    """The file an option names (``experiment=outputs/train/auto/T/recipe.yaml``), ``None`` for a name."""
+    if value.endswith((".yaml", ".yml")):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise UsageError(f"experiment={value}: no such file")
+        return path
+    return None
+
+
+@contextmanager
+def experiment_files(overrides: list[str]):
+    """The overrides with ``experiment=FILE.yaml`` turned into a selection Hydra can make: the file is copied
+    into ``<temporary folder>/experiment/`` and that folder joins the search path (after segbench's own and
+    any ``--config-dir``) for as long as the context lasts. A saved ``recipe.yaml`` runs again this way."""
+    found = []
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key.lstrip("+") in FILE_GROUPS and (path := _file_option(value.strip("'\""))) is not None:
+            found.append((key, path))
+            continue
+        out.append(o)
+    if not found:
+        yield list(overrides)
+        return
+    shipped = {p.stem for p in (config_dir() / "experiment").glob("*.y*ml")}
+    with tempfile.TemporaryDirectory(prefix="segbench-configs-") as tmp:
+        for key, path in found:
+            group = key.lstrip("+")
+            name = path.stem if path.stem not in shipped else f"{path.stem}_file"
+            (Path(tmp) / group).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, Path(tmp) / group / f"{name}.yaml")
+            out.append(f"{key}={name}")
+        entry = f"file://{Path(tmp).resolve()}"
+        for k, o in enumerate(out):
+            if o.startswith("hydra.searchpath=[") and o.endswith("]"):
+                inner = o[len("hydra.searchpath=[") : -1].strip()
+                out[k] = "hydra.searchpath=[" + (f"{inner},{entry}" if inner else entry) + "]"
+                break
+        else:
+            out.append(f"hydra.searchpath=[{entry}]")
+        yield out
+
+
+def _record_overrides(cfg, overrides: list[str]) -> None:
+    """Note the user's command-line overrides in ``recipe.overrides`` (where the config has a ``recipe``, i.e.
+    experiment=auto): the keys the user set keep the user's values there."""
+    from omegaconf import DictConfig, open_dict
+
+    if isinstance(cfg.get("recipe"), DictConfig):
+        kept = [o for o in overrides if not o.startswith("hydra.") or o.startswith("hydra.searchpath=")]
+        with open_dict(cfg.recipe):
+            cfg.recipe.overrides = kept  # the search path: where the options of the user's own groups are
 
 
 def _override_error(e: Exception) -> UsageError:
@@ -335,9 +402,12 @@ def _claim_sweep_dir(cmd: Command, overrides: list[str]) -> tuple[Path, bool]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        with (
+            experiment_files(fixed) as resolved,
+            initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"),
+        ):
             _register_resolvers()
-            cfg = hydra_compose(config_name=cmd.config, overrides=fixed, return_hydra_config=True)
+            cfg = hydra_compose(config_name=cmd.config, overrides=resolved, return_hydra_config=True)
         path = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))).absolute()
     except (HydraException, OmegaConfBaseException) as e:
         raise _override_error(e) from None
@@ -366,6 +436,7 @@ def _sweep_job(fn: Callable, cfg, *, debug: bool):
     try:
         _register_resolvers()  # a launcher's worker process has not registered them
         _check_missing(cfg)
+        _record_overrides(cfg, list(hc.overrides.task))
         if "run_dir" in cfg:
             cfg.run_dir = str(job_dir)
             if cfg.get("resume") and not cfg.get("ckpt_path") and not run_checkpoints(job_dir):
@@ -443,6 +514,8 @@ def _multirun(cmd: Command, overrides: list[str], *, debug: bool) -> int:
     def task(cfg):
         return _sweep_job(fn, cfg, debug=debug)
 
+    files = ExitStack()  # experiment=FILE: its temporary config folder lives until the sweep ends
+    overrides = files.enter_context(experiment_files(overrides))
     argv = [sys.argv[0] if sys.argv else "segbench", *overrides]
     if chosen:
         argv.append(f"hydra.sweep.dir={_quote(str(sweep_dir))}")
@@ -462,6 +535,7 @@ def _multirun(cmd: Command, overrides: list[str], *, debug: bool) -> int:
     except (HydraException, OmegaConfBaseException) as e:
         raise _override_error(e) from None
     finally:
+        files.close()
         sys.argv = saved_argv
         if saved_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -530,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--cfg prints one configuration: drop -m (sweep values like key=a,b are not composed)"
             )
         cfg = compose(cmd.config, overrides)
+        _record_overrides(cfg, overrides)
         if "--cfg" in flags:
             from omegaconf import OmegaConf
 

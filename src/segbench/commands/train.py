@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
+from datetime import datetime
+from importlib.resources import files
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from segbench.io import atomic_write_text, write_json
 from segbench.report.tables import format_metrics_table
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
+
+#: The file in a run folder that holds the recipe ``experiment=auto`` chose: an experiment config that
+#: ``segbench train experiment=<run folder>/recipe.yaml`` runs again exactly (the rules are not re-applied).
+RECIPE_FILE = "recipe.yaml"
+#: The groups whose choice a saved recipe always names (the train config's defaults, or the user's choice).
+_RECIPE_GROUPS = ("data", "model", "trainer")
+#: Overrides that belong to one run, not to its recipe: never written into recipe.yaml.
+_RUN_KEYS = ("run_dir", "resume", "ckpt_path", "name", "budget", "recipe", "hydra", "experiment", "debug")
 
 
 def _rebase(cfg: DictConfig, old: str, new: str) -> None:
@@ -71,6 +82,254 @@ def build_run(cfg: DictConfig, run_dir: Path, **data_kwargs):
     return dm, module, trainer
 
 
+# --------------------------------------------------------------------------------------------------
+# experiment=auto: the recipe chosen from the data and the machine (segbench.recipe)
+# --------------------------------------------------------------------------------------------------
+
+
+def _auto(cfg: DictConfig) -> bool:
+    rc = cfg.get("recipe")
+    return isinstance(rc, DictConfig) and bool(rc.get("auto"))
+
+
+def _plain(value):
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    )
+
+
+def _search_dirs(overrides: list[str]) -> list[Path]:
+    """The shipped config folder and the user's (``hydra.searchpath=[file://DIR]``, from ``--config-dir``)."""
+    dirs = [Path(str(files("segbench.configs")))]
+    for o in overrides:
+        if o.startswith("hydra.searchpath="):
+            for item in o.split("=", 1)[1].strip("[]").split(","):
+                item = item.strip().strip("'\"")
+                if item.startswith("file://"):
+                    dirs.append(Path(item[len("file://") :]))
+    return dirs
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict) or not node:
+        return {prefix: node} if prefix else {}
+    out: dict = {}
+    for k, v in node.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _option_keys(group: str, option: str, dirs: list[Path]) -> list[str]:
+    """The keys an option file of a config group writes itself (its defaults list aside), as full keys."""
+    for d in dirs:
+        path = d / group / f"{option}.yaml"
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            raw = OmegaConf.to_container(OmegaConf.create(text) if text.strip() else OmegaConf.create({}))
+            raw = raw if isinstance(raw, dict) else {}
+            raw.pop("defaults", None)
+            prefix = "" if "@package _global_" in text else group.replace("/", ".")
+            return [f"{prefix}.{k}" if prefix else k for k in _leaves(raw)]
+    return []
+
+
+def _is_group(key: str, dirs: list[Path]) -> bool:
+    if "/" in key:
+        return True
+    return "." not in key and any((d / key).is_dir() for d in dirs)
+
+
+def _parse(overrides: list[str]) -> list[tuple[str, str, object, bool]]:
+    """``(override, key, value, deleted)`` of each command-line override that Hydra can parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for text in overrides:
+        try:
+            (o,) = parser.parse_overrides([text])
+        except Exception:  # noqa: BLE001 - compose() accepted it already; an odd one is no key of the recipe
+            continue
+        value = None if o.is_delete() else o.value()
+        out.append((text, o.key_or_group.lstrip("+~"), value, o.is_delete()))
+    return out
+
+
+def user_keys(overrides: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The keys the user set on the command line, each with the override that set it: ``(values, groups)``.
+
+    A value override (``model.net.min_size=256``) sets its key; a group selection (``debug=tiny``,
+    ``trainer=gpu``) sets the keys its option file writes. ``groups`` maps each selected group to its option
+    (``{"trainer": "gpu"}``)."""
+    dirs = _search_dirs(overrides)
+    keys: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    for text, key, value, _ in _parse(overrides):
+        key = key.split("@", 1)[0]
+        if key.startswith("hydra"):
+            continue
+        if not _is_group(key, dirs):
+            keys[key] = text
+            continue
+        groups[key] = value
+        if key == "experiment":  # the recipe switch itself, or a saved recipe: not a key of the rules
+            continue
+        for option in value if isinstance(value, list | tuple) else [value]:
+            if option is not None:
+                for k in _option_keys(key, str(option), dirs):
+                    keys.setdefault(k, text)
+    return keys, groups
+
+
+def _current(cfg: DictConfig) -> dict:
+    from segbench.recipe import CONTEXT_KEYS
+
+    return {k: _plain(OmegaConf.select(cfg, k, default=None)) for k in CONTEXT_KEYS}
+
+
+def _apply(cfg: DictConfig, values: dict) -> None:
+    with open_dict(cfg):
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+
+
+def _probe_skipped(cfg: DictConfig) -> str | None:
+    from segbench.training import launcher
+
+    if not cfg.recipe.get("probe", True):
+        return "recipe.probe=false"
+    if launcher() is not None:
+        return f"a rank of a {launcher()} launch: every rank must choose the same recipe, and timings differ"
+    return None
+
+
+def _probe(cfg: DictConfig, values: dict, dm, machine, stats):
+    """Time the recipe's training steps on this machine (segbench.recipe.probe_machine)."""
+    from segbench.recipe import probe_machine
+
+    trial = copy.deepcopy(cfg)
+    _apply(trial, values)
+    trial.model.channels_last = False  # float32 is timed as it runs; the bfloat16 pass switches to NHWC
+    probe_dm = instantiate(trial.data, num_workers=0, persistent_workers=False, _convert_="all")
+    probe_dm.train_coco, probe_dm.val_coco = dm.train_coco, dm.val_coco  # opened once
+    ds = dm.train_coco
+    module = instantiate(
+        trial.model,
+        num_classes=ds.num_classes,
+        class_names=ds.class_names,
+        categories=ds.categories,
+        label_to_cat_id=ds.label_to_cat_id,
+        _convert_="all",
+    )
+    device = "cuda" if str(values.get("trainer.accelerator")) in ("gpu", "cuda") and machine.cuda else "cpu"
+    steps = cfg.recipe.get("probe_steps", 3)
+    t0 = time.perf_counter()
+    probe = probe_machine(
+        module.model,
+        probe_dm.train_dataset(),
+        probe_dm.val_dataset(),
+        batch_size=probe_dm.batch_size,
+        steps=steps,
+        bf16=machine.cpu_bf16 and device == "cpu",
+        device=device,
+        seed=int(cfg.get("seed") or 0),
+        detections=max(1, round(stats.objects_per_image[1])),  # what a trained model finds, not the cap
+    )
+    log.info("probe: %.1f s", time.perf_counter() - t0)
+    return probe
+
+
+def choose_auto_recipe(cfg: DictConfig):
+    """The recipe for ``cfg``'s train split on this machine (:func:`segbench.recipe.choose_recipe`), with the
+    probe's timings unless ``recipe.probe=false``; the keys the user set (``recipe.overrides``, filled in by
+    the command line) keep the user's values."""
+    from segbench.recipe import choose_recipe, describe_machine, train_statistics, with_probe
+
+    overrides, _ = user_keys([str(o) for o in cfg.recipe.get("overrides") or []])
+    dm = instantiate(cfg.data, num_workers=0, persistent_workers=False, _convert_="all")
+    dm.setup("fit")
+    stats = train_statistics(dm.train_coco, val_images=len(dm.val_coco))
+    machine = describe_machine()
+    current = _current(cfg)
+    budget = cfg.get("budget")
+    recipe = choose_recipe(stats, machine, budget_minutes=budget, overrides=overrides, current=current)
+    skipped = _probe_skipped(cfg)
+    probe = None if skipped else _probe(cfg, recipe.values(), dm, machine, stats)
+    machine = with_probe(machine, probe, skipped)
+    return choose_recipe(stats, machine, budget_minutes=budget, overrides=overrides, current=current)
+
+
+def _train_defaults() -> dict[str, str]:
+    raw = OmegaConf.to_container(OmegaConf.load(Path(str(files("segbench.configs"))) / "train.yaml"))
+    out = {}
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, dict):
+            out.update({str(k): v for k, v in entry.items()})
+    return out
+
+
+def recipe_text(cfg: DictConfig, recipe, *, run_dir: Path) -> str:
+    """``recipe.yaml``: the recipe as an experiment config that re-runs it (the rules switched off)."""
+    from segbench.recipe import experiment_yaml
+
+    raw = [str(o) for o in cfg.recipe.get("overrides") or []]
+    keys, groups = user_keys(raw)
+    base = _train_defaults()
+    defaults = []
+    for group in dict.fromkeys([*_RECIPE_GROUPS, *groups]):
+        if group in ("experiment", "debug", "hparams_search") or group.startswith("hydra"):
+            continue
+        option = groups.get(group, base.get(group))
+        if option is None:
+            continue
+        shown = "[" + ", ".join(map(str, option)) + "]" if isinstance(option, list | tuple) else option
+        defaults.append(f"override /{group}: {shown}")
+
+    def own(key: str) -> bool:  # a key of the run, not of its recipe
+        return key.split(".")[0] in _RUN_KEYS
+
+    from_groups = {k for k, src in keys.items() if src.split("=", 1)[0].lstrip("+") in groups}
+    debug_keys = {k for k, src in keys.items() if src.split("=", 1)[0].lstrip("+") == "debug"}
+    values: list = [
+        ("name", cfg.get("name"), None),
+        ("budget", cfg.get("budget"), "minutes of training the recipe was chosen for"),
+        ("recipe.auto", False, "the rules are not applied again: this file is the recipe"),
+        ("recipe.probe", bool(cfg.recipe.get("probe", True)), None),
+        ("recipe.probe_steps", int(cfg.recipe.get("probe_steps", 3)), None),
+        ("recipe.dry_run", False, None),
+        ("recipe.overrides", [], None),
+        ("recipe.chosen_in", str(run_dir), "the run that chose it"),
+    ]
+    chosen = {c.key for c in recipe.choices}
+    for key in keys:
+        if own(key) or key in chosen or (key in from_groups and key not in debug_keys):
+            continue
+        values.append((key, _plain(OmegaConf.select(cfg, key, default=None)), "your override"))
+    for c in recipe.choices:
+        comment = c.reason if c.override is None else f"your override ({c.override})"
+        values.append((c.key, c.value, comment))
+    header = [
+        f"The recipe `segbench train experiment=auto` chose on {datetime.now():%Y-%m-%d %H:%M} for this run",
+        f"({run_dir}). Run it again exactly, the rules not re-applied:",
+        f"  segbench train experiment={run_dir / RECIPE_FILE}",
+    ]
+    return experiment_yaml(values, defaults=defaults, header=header)
+
+
+def _apply_saved_recipe(cfg: DictConfig, path: Path, *, keep: set[str] = frozenset()) -> bool:
+    """Apply the keys of a saved ``recipe.yaml`` (not ``name``, ``budget``, ``recipe``; not the keys in
+    ``keep``, which the user set again); ``False`` when there is no such file."""
+    if not path.is_file():
+        return False
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    raw.pop("defaults", None)
+    values = {k: v for k, v in _leaves(raw).items() if k.split(".")[0] not in _RUN_KEYS and k not in keep}
+    _apply(cfg, values)
+    with open_dict(cfg):
+        cfg.recipe.auto = False
+    return True
+
+
 def _refuse_ddp_in_multirun(trainer) -> None:
     """Lightning starts DDP ranks by running the command line again, which in a multirun job would start
     the whole sweep again in every rank; only ranks started by the cluster (srun) work there."""
@@ -99,7 +358,11 @@ def run(cfg: DictConfig) -> dict:
     Keys: data (the dataset and its loader), model (network, optimizer, schedule), trainer, callbacks,
     logger, name, seed, run_dir, resume (continue the latest run of name, or run_dir when it holds
     checkpoints, from its newest readable checkpoint), ckpt_path (resume a given checkpoint),
-    test_after_fit. Presets: experiment=NAME (configs/experiment/). Sweeps: ``segbench train -m
+    test_after_fit, budget and recipe (experiment=auto, the default: the recipe is chosen from the train
+    split and this machine within budget minutes, printed with a reason per key and saved as recipe.yaml in the
+    run folder; recipe.probe=false skips the timed probe, recipe.dry_run=true prints the recipe and stops;
+    experiment=torchvision is torchvision's plain recipe). Presets: experiment=NAME (configs/experiment/), or
+    experiment=FILE.yaml (e.g. a saved recipe.yaml). Sweeps: ``segbench train -m
     key=a,b ...`` (Hydra multirun; hparams_search=maskrcnn_optuna for Optuna) writes one run folder per
     job and sweep.csv. SIGTERM stops at the next batch with a checkpoint of that step (exit status 143).
     Multi-node: the same command on every node under torchrun or srun with trainer.num_nodes=N (trainer=slurm
@@ -110,6 +373,7 @@ def run(cfg: DictConfig) -> dict:
     from segbench.models.checkpoint import read_checkpoint
     from segbench.training import (
         LAUNCH_FILE,
+        RUN_DIR_ENV,
         claim_run_dir,
         fit,
         is_global_zero,
@@ -123,6 +387,8 @@ def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     ckpt_path = cfg.get("ckpt_path")
     run_dir = Path(cfg.run_dir)
+    recipe = None
+    chatty = is_global_zero()
     requeued = None if cfg.get("resume") or ckpt_path else requeued_run(cfg.paths.output_dir, cfg.name)
     if requeued is not None:
         log.info("SLURM requeued job %s: continuing its run %s", os.environ.get("SLURM_JOB_ID"), requeued)
@@ -135,6 +401,17 @@ def run(cfg: DictConfig) -> dict:
                 f"resume=true but no earlier run of '{cfg.name}' with a checkpoint under "
                 f"{Path(cfg.paths.output_dir) / 'train' / cfg.name}; start a new run or pass ckpt_path=FILE"
             )
+        if _auto(cfg):  # the run continues with the recipe it was started with, not a new choice
+            again, _ = user_keys([str(o) for o in cfg.recipe.get("overrides") or []])
+            if _apply_saved_recipe(cfg, prev / RECIPE_FILE, keep=set(again)):
+                if chatty:
+                    print(f"recipe: the one saved in {prev / RECIPE_FILE} (resume)")
+            else:
+                log.warning("%s has no %s: choosing the recipe again", prev, RECIPE_FILE)
+                recipe = choose_auto_recipe(cfg)
+                _apply(cfg, recipe.values())
+                if chatty:
+                    print(recipe.text())
         if prev != run_dir:
             _rebase(cfg, str(cfg.run_dir), str(prev))
             cfg.run_dir = str(prev)
@@ -152,12 +429,36 @@ def run(cfg: DictConfig) -> dict:
     else:
         if ckpt_path:  # refuses missing, unsafe or foreign files before any work
             read_checkpoint(ckpt_path, key="ckpt_path")
+        inherited = os.environ.get(RUN_DIR_ENV) if "LOCAL_RANK" in os.environ and launcher() is None else None
+        if _auto(cfg) and inherited and _apply_saved_recipe(cfg, Path(inherited) / RECIPE_FILE):
+            pass  # a DDP rank that Lightning started: the recipe its launching process chose and saved
+        elif isinstance(cfg.get("recipe"), DictConfig) and not _auto(cfg) and cfg.recipe.get("dry_run"):
+            if chatty:
+                print(
+                    "recipe.auto=false: the config as composed (`segbench train --cfg` prints it); nothing trained"
+                )
+            return {"dry_run": True}
+        elif _auto(cfg):
+            recipe = choose_auto_recipe(cfg)
+            _apply(cfg, recipe.values())
+            if chatty:
+                print(recipe.text())
+            if cfg.recipe.get("dry_run"):
+                if chatty:
+                    print("recipe.dry_run=true: nothing trained (drop it to train with this recipe)")
+                return {"dry_run": True, "recipe": recipe.values()}
         run_dir, owner = claim_run_dir(run_dir)
         if str(run_dir) != str(cfg.run_dir):
             _rebase(cfg, str(cfg.run_dir), str(run_dir))
             cfg.run_dir = str(run_dir)
     if owner:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        if recipe is not None:
+            atomic_write_text(run_dir / RECIPE_FILE, recipe_text(cfg, recipe, run_dir=run_dir))
+            if chatty:
+                print(
+                    f"recipe saved: {run_dir / RECIPE_FILE} (segbench train experiment=<that file> runs it again)"
+                )
         if (launcher() is not None or "SLURM_JOB_ID" in os.environ) and requeued is None:
             write_json(run_dir / LAUNCH_FILE, _launch_record())  # a requeued SLURM job finds its run by it
     if cfg.get("seed") is not None:
