@@ -18,11 +18,12 @@ SRC = Path(segbench.__file__).resolve().parent
 #: ``callbacks`` (Lightning plugins and callbacks) below ``training``, which writes checkpoints with them;
 #: ``predict`` above ``export`` and ``report`` because it runs exported models and draws overlays;
 #: ``distributed`` (predict and eval over DDP processes) just above ``predict`` and ``training``, which it runs;
+#: ``tiling`` (any segmenter by tiles: numpy and pycocotools) beside the baselines, which it wraps;
 #: ``recipe`` (experiment=auto: statistics, the probe, the rules) beside ``training``, on the models and data.
 FLOORS: list[set[str]] = [
     {"types", "options"},
     {"io"},
-    {"data", "baselines"},
+    {"data", "baselines", "tiling"},
     {"eval"},
     {"models"},
     {"callbacks"},

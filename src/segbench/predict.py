@@ -45,6 +45,7 @@ __all__ = [
     "load_predictor",
     "predict_images",
     "torch_threads",
+    "with_tiling",
 ]
 
 
@@ -120,6 +121,9 @@ class Predictor:
         Label ``1..K`` -> category id.
     source : str
         What runs, for the logs and ``summary.json``.
+    info : dict
+        ``model_size``: a model's test resize ``(min_size, max_size)`` (None: no resize), which
+        ``tile=auto`` decides by (:func:`with_tiling`); absent for baselines.
     """
 
     segment: Callable[[list[np.ndarray]], list[Instances]]
@@ -223,7 +227,9 @@ def load_predictor(
                     f"was built: drop {key}= (or pass ckpt_path=)"
                 )
     if ckpt_path:
+        from segbench.models.checkpoint import build_kwargs
         from segbench.models.segmenter import MaskRCNNSegmenter
+        from segbench.tiling import model_size
 
         seg, meta = MaskRCNNSegmenter.from_checkpoint(
             ckpt_path, device=device, precision=precision, proposals=proposals
@@ -233,7 +239,14 @@ def load_predictor(
         source = f"checkpoint {ckpt_path}" + (f" ({precision})" if precision != "fp32" else "")
         if seg.proposals is not None:
             source += f" ({seg.proposals} proposals)"
-        predictor = Predictor(seg.predict_batch, cats, l2c, source, score_thresholds=_thresholds_from(meta))
+        predictor = Predictor(
+            seg.predict_batch,
+            cats,
+            l2c,
+            source,
+            info={"model_size": model_size(build_kwargs(meta))},
+            score_thresholds=_thresholds_from(meta),
+        )
         # no mask for a box below every threshold that will be applied: it would be thrown away
         seg.score_threshold = predictor.lowest_kept_score(score_threshold)
         if score_threshold is None:  # then below its own class's threshold, before the mask head too
@@ -242,6 +255,7 @@ def load_predictor(
     if exported:
         from segbench.export import load_exported_model
         from segbench.models.segmenter import runtime_segmenter
+        from segbench.tiling import model_size
 
         runtime, card = load_exported_model(exported, device=device)
         cats, l2c = _categories_from(card)
@@ -251,6 +265,7 @@ def load_predictor(
             cats,
             l2c,
             f"{runtime.name} export {exported}",
+            info={"model_size": model_size(card["build"])},
             score_thresholds=_thresholds_from(card),
         )
     from segbench.baselines import build_baseline, load_baseline
@@ -373,6 +388,40 @@ def with_refinement(predictor: Predictor, params_file: str | os.PathLike) -> Pre
     )
 
 
+def with_tiling(
+    predictor: Predictor, *, tile: int | str | None, overlap: int | None = None, batch_size: int = 4
+) -> Predictor:
+    """``predictor`` run by tiles on the images that need it (:class:`segbench.tiling.TiledSegmenter`).
+
+    ``tile``: the tile side in pixels, ``"auto"`` (:func:`segbench.tiling.auto_tile`: by the model's test
+    resize, ``info["model_size"]``, or for a baseline by the pixel count) or None (``predictor`` as it
+    is); ``overlap``: pixels shared by neighbouring tiles (None: 1/8 of the tile). The tiles of an image go
+    through the network ``batch_size`` at a time. Wrap last: a refined predictor
+    (:func:`with_refinement`) is then refined tile by tile.
+    """
+    from segbench.tiling import TiledSegmenter, check_tiling
+
+    tile, overlap = check_tiling(tile, overlap)
+    if tile is None:
+        return predictor
+    seg = TiledSegmenter(
+        predictor.segment,
+        tile=tile,
+        overlap=overlap,
+        model_size=predictor.info.get("model_size"),
+        tiles_per_call=batch_size,
+    )
+    log.info("large images by tiles: %s", seg.describe())
+    return Predictor(
+        seg.predict_batch,
+        predictor.categories,
+        predictor.label_to_cat_id,
+        f"{predictor.source}, {seg.describe()}",
+        info=predictor.info,
+        score_thresholds=predictor.score_thresholds,
+    )
+
+
 def _threshold_used(predictor: Predictor, score_threshold: float | None) -> float | dict:
     """What ``summary.json`` reports: the one threshold, or the calibrated one of each class."""
     if score_threshold is not None or not predictor.score_thresholds:
@@ -420,6 +469,7 @@ STAGE_ORDER = (
     "run",
     "paste+rle",
     "refine",
+    "tiles",
     "write",
 )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from segbench.commands._common import open_data_split
+from segbench.tiling import check_tiling, model_size, tiled
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,23 @@ def run(cfg: DictConfig) -> int:
     score_threshold, bootstrap (resamples; 0 skips), bootstrap_seed, overlays, limit, device, label_errors
     (list the labels that the model and the baselines contradict, with a COCO patch), refine (edges: add
     maskrcnn+refine, the model's masks snapped to the image's edges, fitted on fit_split), refine_params
-    (a fitted baselines/refine.json of an earlier run instead of fitting).
+    (a fitted baselines/refine.json of an earlier run instead of fitting), tile (null | N | auto: every
+    method runs on overlapping tiles of N px, instances merged across the seams; the baselines are still
+    fitted on whole images), overlap (pixels shared by neighbouring tiles; null: 1/8 of the tile).
     """
     from segbench.baselines.refine import RefinedSegmenter
     from segbench.eval import compare as cmp
-    from segbench.models.checkpoint import check_classes
+    from segbench.models.checkpoint import build_kwargs, check_classes
     from segbench.models.segmenter import MaskRCNNSegmenter, resolve_device
     from segbench.report import write_report
     from segbench.report.tables import format_analysis, format_bootstrap, format_leaderboard
+
+    tile, overlap = check_tiling(cfg.get("tile"), cfg.get("overlap"))
+
+    def by_tiles(segmenter, size=None):
+        if tile is None:
+            return segmenter
+        return tiled(segmenter, tile=tile, overlap=overlap, model_size=size)
 
     ckpt_path = cfg.get("ckpt_path")
     methods = cmp.check_methods(cfg.get("methods"), has_model=bool(ckpt_path))
@@ -56,17 +66,19 @@ def run(cfg: DictConfig) -> int:
             ckpt_path, device=resolve_device(cfg.get("device", "auto"))
         )
         check_classes(card, dataset, source=ckpt_path, action="compare")
-        specs.append(cmp.MethodSpec(cmp.MODEL, seg, kind="model", score_threshold=cfg.score_threshold))
+        size = model_size(build_kwargs(card))
+        model = by_tiles(seg, size)
+        specs.append(cmp.MethodSpec(cmp.MODEL, model, kind="model", score_threshold=cfg.score_threshold))
         if cfg.get("refine") == "edges":
             params = cfg.get("refine_params")
             refiner = cmp.prepare_refiner(
-                seg,
+                model,
                 fit_dataset=None if params else open_data_split(cfg.data, cfg.fit_split),
                 fit_images=cfg.fit_images,
                 params_file=params,
             )
             name = f"{cmp.MODEL}+refine"
-            refined = RefinedSegmenter(seg, refiner, name=name)
+            refined = by_tiles(RefinedSegmenter(seg, refiner, name=name), size)  # refined tile by tile
             specs.append(cmp.MethodSpec(name, refined, kind="model", score_threshold=cfg.score_threshold))
             methods.insert(methods.index(cmp.MODEL) + 1, name)
         elif cfg.get("refine") not in (None, "none"):
@@ -81,7 +93,7 @@ def run(cfg: DictConfig) -> int:
             fit_images=cfg.fit_images,
             params_dir=params_dir,
         )
-        specs += [cmp.MethodSpec(name, seg, kind="baseline") for name, seg in baselines.items()]
+        specs += [cmp.MethodSpec(name, by_tiles(seg), kind="baseline") for name, seg in baselines.items()]
     specs.sort(key=lambda s: methods.index(s.name))
 
     comparison = cmp.compare_methods(
@@ -95,6 +107,13 @@ def run(cfg: DictConfig) -> int:
         overlays=cfg.overlays,
         label_errors=bool(cfg.get("label_errors", False)),
     )
+    if tile is not None:
+        comparison.notes.append(
+            "every method ran by tiles: "
+            + "; ".join(
+                f"{s.name}: {s.segmenter.describe()}" for s in specs if hasattr(s.segmenter, "describe")
+            )
+        )
     paths = write_report(comparison, cfg.out, dataset=dataset, config_yaml=OmegaConf.to_yaml(cfg))
 
     print(f"{comparison.dataset} ({comparison.split}, {comparison.num_images} images)")

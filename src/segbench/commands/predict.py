@@ -7,7 +7,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from segbench.predict import format_profile, load_predictor, predict_images, with_refinement
+from segbench.predict import format_profile, load_predictor, predict_images, with_refinement, with_tiling
+from segbench.tiling import check_tiling
 from segbench.types import SegbenchError
 
 
@@ -19,11 +20,14 @@ def run(cfg: DictConfig) -> int:
     after training, 0.5 without them), mask_threshold (null: the model's),
     batch_size, num_threads, save_overlays, save_masks, device, progress, refine (edges: snap the masks to the
     image's edges), refine_params (the refinement that `segbench compare refine=edges` fitted), precision
-    (fp32 | bf16), proposals (null | N | auto), profile (print the time of each stage).
+    (fp32 | bf16), proposals (null | N | auto), profile (print the time of each stage), tile (null | N | auto:
+    large images by overlapping tiles of N px, instances merged across the seams), overlap (pixels shared by
+    neighbouring tiles; null: 1/8 of the tile).
     Writes predictions.json (COCO results), images.json, categories.json, summary.json, overlays/, masks/.
     With ``trainer=ddp_cpu trainer.devices=N`` (N CPU processes) or ``trainer=ddp`` (one process per GPU) the
     images are split over the processes (:mod:`segbench.distributed`); the files written are the same.
     """
+    tile, overlap = check_tiling(cfg.get("tile"), cfg.get("overlap"))  # before anything is loaded
     trainer, device = None, cfg.get("device", "cpu")
     if cfg.get("trainer") is not None:  # its device (cuda:<local rank> for trainer=ddp), and >1 process: DDP
         from segbench.distributed import trainer_options, use_if_distributed
@@ -52,6 +56,7 @@ def run(cfg: DictConfig) -> int:
         predictor = with_refinement(predictor, cfg.refine_params)
     elif cfg.get("refine") not in (None, "none"):
         raise SegbenchError(f"refine={cfg.refine!r} is not valid; choose edges or null")
+    predictor = with_tiling(predictor, tile=tile, overlap=overlap, batch_size=int(cfg.batch_size))
     if trainer is not None:
         from segbench.distributed import predict_images_distributed
 
