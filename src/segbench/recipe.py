@@ -383,8 +383,8 @@ def probe_machine(
     detections: int | None = None,
     max_seconds: float = PROBE_MAX_SECONDS,
 ) -> Probe:
-    """Time ``steps`` training steps of ``model`` on real batches of ``train_dataset`` (after one untimed
-    warm-up step), and one prediction of a val image.
+    """Time ``steps`` training steps of ``model`` on real batches of ``train_dataset`` (after an untimed
+    warm-up step on one image), and one prediction of a val image (after an untimed one).
 
     The model is trained with learning rate 0 (its weights do not move) and should be a throwaway copy: with
     ``bf16`` it is left in ``channels_last``. The draws use their own seed inside ``torch.random.fork_rng``,
@@ -466,6 +466,8 @@ def _time_steps(
     for k, (images, targets) in enumerate(batches):
         if times and sum(times) >= max_seconds:
             break
+        if k == 0:  # the warm-up (allocators, oneDNN kernels): one image is enough and costs a quarter
+            images, targets = images[:1], targets[:1]
         images = [im.to(device) for im in images]
         targets = [{key: v.to(device) for key, v in t.items() if key != "image_id"} for t in targets]
         _sync(device)
@@ -764,7 +766,9 @@ class _Scale:
     native: bool  # keep_size: no resize
     factor_rel: float | None  # resize: object side at train scale = rel side x this (the short side S)
     crop: int | None
-    train_hw: tuple[float, float]  # a median training image (or crop) at train scale: (short, long)
+    train_hw: tuple[
+        float, float
+    ]  # a training image (or crop) at train scale, as a batch pads it: (short, long)
 
     def objects(self, s: TrainStats) -> Quantiles | None:
         if self.native:
@@ -843,7 +847,10 @@ def _rule_scale(b: _Builder, s: TrainStats, *, gpu: bool) -> _Scale:
             else f"every image fits the {where} cap ({s.long_side.max:g} <= {cap} px): whole images",
         )
         c = int(crop) if crop else math.inf
-        return _Scale(True, None, None if c == math.inf else c, (min(s_med, c), min(l_med, c)))
+        # a batch is padded to its largest image: the largest crop (or image) is what a step costs
+        return _Scale(
+            True, None, None if c == math.inf else c, (min(s.short_side.max, c), min(s.long_side.max, c))
+        )
 
     b.set(
         "model.net.keep_size", False, "every image resized to one scale (torchvision's min_size / max_size)"
