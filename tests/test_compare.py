@@ -379,3 +379,17 @@ def test_compare_refine_edges_adds_a_fitted_method_and_predict_reuses_it(
     assert code == 0
     assert "edge refinement" in json.loads((tmp_path / "pred" / "summary.json").read_text())["source"]
     assert main(["predict", f"ckpt_path={tiny_ckpt}", f"input={tiny_root}", "refine=edges"]) == 2
+    # eval with the same fitted refinement scores what compare's maskrcnn+refine row scored
+    refined = next(r for r in board["rows"] if r["method"] == "maskrcnn+refine")
+    code = main(
+        [
+            "eval", f"ckpt_path={tiny_ckpt}", f"data.root={tiny_root}", f"out={tmp_path / 'ev'}",
+            "refine=edges", f"refine_params={out / 'baselines' / 'maskrcnn+refine.json'}", "progress=false",
+        ]  # fmt: skip
+    )
+    assert code == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["refine"]["enabled"] == params["config"]["enabled"]
+    assert m["segm_AP"] == pytest.approx(refined["AP_class_aware"], abs=1e-9)
+    assert m["segm_agnostic_AP"] == pytest.approx(refined["AP"], abs=1e-9)
+    assert main(["eval", f"ckpt_path={tiny_ckpt}", f"data.root={tiny_root}", "refine=edges"]) == 2

@@ -21,7 +21,9 @@ def run(cfg: DictConfig) -> dict | int:
     save_thresholds (write the calibrated per-class thresholds into the checkpoint), label_errors (write
     label_errors.json and a COCO patch of the suspected label errors), num_threads (torch's threads per
     process), progress, tile (null | N | auto: each image by overlapping tiles of N px, instances merged
-    across the seams), overlap (pixels shared by neighbouring tiles; null: 1/8 of the tile).
+    across the seams), overlap (pixels shared by neighbouring tiles; null: 1/8 of the tile), refine (edges:
+    the model's masks snapped to the image's edges by the refinement that ``segbench compare refine=edges``
+    fitted, ``refine_params=FILE``; refined tile by tile with ``tile=``).
     With ``trainer=ddp_cpu trainer.devices=N`` (N CPU processes) or ``trainer=ddp`` (one process per GPU) the
     images are split over the processes (:mod:`segbench.distributed`); the files written are the same.
     """
@@ -29,6 +31,7 @@ def run(cfg: DictConfig) -> dict | int:
     from segbench.training import evaluate_checkpoint
 
     tile, overlap = check_tiling(cfg.get("tile"), cfg.get("overlap"))
+    refiner = _refiner(cfg.get("refine"), cfg.get("refine_params"))
     trainer = None
     if cfg.get("trainer") is not None:
         from segbench.distributed import trainer_options, use_if_distributed
@@ -39,6 +42,8 @@ def run(cfg: DictConfig) -> dict | int:
             raise SegbenchError(
                 "tile= runs in one process: drop trainer= (or tile=) to evaluate large images by tiles"
             )
+        if trainer is not None and refiner is not None:
+            raise SegbenchError("refine=edges runs in one process: drop trainer= (or refine=)")
     dataset = open_data_split(cfg.data, cfg.split)
     common = {
         "out_dir": cfg.out,
@@ -56,10 +61,16 @@ def run(cfg: DictConfig) -> dict | int:
         )
         if m is None:  # a rank other than 0: rank 0 merged the shards and prints
             return 0
-    elif tile is not None:
+    elif tile is not None or refiner is not None:
         with torch_threads(cfg.get("num_threads")):
-            m = _evaluate_tiled(
-                cfg.ckpt_path, dataset, tile, overlap, progress=bool(cfg.get("progress", True)), **common
+            m = _evaluate_wrapped(
+                cfg.ckpt_path,
+                dataset,
+                tile,
+                overlap,
+                refiner,
+                progress=bool(cfg.get("progress", True)),
+                **common,
             )
     else:
         with torch_threads(cfg.get("num_threads")):
@@ -78,9 +89,31 @@ def run(cfg: DictConfig) -> dict | int:
     return m
 
 
-def _evaluate_tiled(ckpt_path, dataset, tile, overlap, *, progress: bool, **common) -> dict:
-    """:func:`segbench.training.evaluate_checkpoint` with the model run by tiles
-    (:func:`segbench.tiling.tiled`); ``metrics.json`` records the tiling as ``tiling``."""
+def _refiner(refine, params):
+    """The fitted :class:`~segbench.baselines.refine.EdgeRefiner` that ``refine`` / ``refine_params`` name,
+    or None."""
+    if refine in (None, "none"):
+        return None
+    if refine != "edges":
+        raise SegbenchError(f"refine={refine!r} is not valid; choose edges or null")
+    if not params:
+        raise SegbenchError(
+            "refine=edges needs refine_params=FILE: the refinement fitted by `segbench compare refine=edges` "
+            "(its out/baselines/maskrcnn+refine.json)"
+        )
+    from segbench.baselines.refine import EdgeRefiner
+
+    try:
+        return EdgeRefiner.load(params)
+    except (OSError, ValueError) as e:
+        raise SegbenchError(f"refine_params={params}: {e}") from None
+
+
+def _evaluate_wrapped(ckpt_path, dataset, tile, overlap, refiner, *, progress: bool, **common) -> dict:
+    """:func:`segbench.training.evaluate_checkpoint` with the model's masks refined (``refiner``) and/or the
+    model run by tiles (:func:`segbench.tiling.tiled`; refined tile by tile); ``metrics.json`` records them
+    as ``refine`` and ``tiling``."""
+    from segbench.baselines.refine import RefinedSegmenter
     from segbench.eval.runner import evaluate_segmenter
     from segbench.models.checkpoint import build_kwargs, check_classes
     from segbench.models.segmenter import MaskRCNNSegmenter
@@ -89,7 +122,11 @@ def _evaluate_tiled(ckpt_path, dataset, tile, overlap, *, progress: bool, **comm
 
     seg, card = MaskRCNNSegmenter.from_checkpoint(ckpt_path)
     check_classes(card, dataset, source=ckpt_path, action="evaluate")
-    seg = tiled(seg, tile=tile, overlap=overlap, model_size=model_size(build_kwargs(card)))
+    if refiner is not None:
+        seg = RefinedSegmenter(seg, refiner, name="maskrcnn+refine")
+    tiles = None
+    if tile is not None:
+        seg = tiles = tiled(seg, tile=tile, overlap=overlap, model_size=model_size(build_kwargs(card)))
     metrics, ev = evaluate_segmenter(
         seg,
         dataset,
@@ -98,7 +135,10 @@ def _evaluate_tiled(ckpt_path, dataset, tile, overlap, *, progress: bool, **comm
         limit=common["limit"],
         progress=progress,
     )
-    metrics["tiling"] = seg.describe()
+    if tiles is not None:
+        metrics["tiling"] = tiles.describe()
+    if refiner is not None:
+        metrics["refine"] = {"method": "edges", "enabled": bool(refiner.enabled), **refiner.get_params()}
     return write_evaluation(
         ckpt_path,
         dataset,
