@@ -383,8 +383,13 @@ def test_compare_refine_edges_adds_a_fitted_method_and_predict_reuses_it(
     refined = next(r for r in board["rows"] if r["method"] == "maskrcnn+refine")
     code = main(
         [
-            "eval", f"ckpt_path={tiny_ckpt}", f"data.root={tiny_root}", f"out={tmp_path / 'ev'}",
-            "refine=edges", f"refine_params={out / 'baselines' / 'maskrcnn+refine.json'}", "progress=false",
+            "eval",
+            f"ckpt_path={tiny_ckpt}",
+            f"data.root={tiny_root}",
+            f"out={tmp_path / 'ev'}",
+            "refine=edges",
+            f"refine_params={out / 'baselines' / 'maskrcnn+refine.json'}",
+            "progress=false",
         ]  # fmt: skip
     )
     assert code == 0
