@@ -145,7 +145,8 @@ class _WorkerProbe(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         import signal
 
-        return signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, float(np.random.rand())
+        blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        return blocked or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, float(np.random.rand())
 
 
 def _probe(dm) -> list:
@@ -168,3 +169,35 @@ def test_loader_workers_leave_sigterm_to_the_main_process_and_stay_seeded(synth_
         .worker_init_fn
         is None
     )
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        return i, i  # an (image, target) pair, as the loader's collate takes
+
+
+def test_a_worker_ignores_a_foreign_sigterm_but_ends_on_its_parents(synth_root):
+    """A scheduler's SIGTERM (another process) leaves the worker serving batches; the parent's own SIGTERM
+    (what multiprocessing sends its daemonic children at interpreter exit, before joining them) ends it, so
+    a loader whose iterator was never shut down cannot hang the exit."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    dm = CocoDataModule(root=str(synth_root), num_workers=1)
+    it = iter(dm._loader(_Numbers(), batch_size=1, shuffle=False))
+    try:
+        assert int(next(it)[0][0]) == 0
+        (worker,) = it._workers
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # sent by another process
+        time.sleep(1.0)
+        assert worker.is_alive() and int(next(it)[0][0]) == 1
+        os.kill(worker.pid, signal.SIGTERM)  # sent by the parent
+        worker.join(timeout=20)
+        assert not worker.is_alive() and worker.exitcode == 0
+    finally:
+        it._shutdown_workers()

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,17 +55,36 @@ def _random_window(h: int, w: int, size: int, rng: np.random.Generator) -> tuple
     return y0, x0, ch, cw
 
 
+def _exit_on_parents_sigterm(parent: int) -> None:
+    """In a worker thread: wait for SIGTERM (blocked in every thread) and exit when the parent sent it."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(0)
+
+
 def init_worker(worker_id: int, rank: int = 0) -> None:
-    """A DataLoader worker's start: it ignores SIGTERM, and is seeded as Lightning seeds workers.
+    """A DataLoader worker's start: it ignores a SIGTERM that its parent did not send, and is seeded as
+    Lightning seeds workers.
 
     A scheduler preempting a job (SLURM, Kubernetes) sends SIGTERM to every process of the job, the loader's
     workers too: a worker that died of it would make the next batch fail ("DataLoader worker is killed by
     signal") before the main process's handler (:class:`segbench.callbacks.CheckpointOnSigterm`) saves the
-    current step; ignoring it leaves the stop to the main process, which shuts its workers down. Setting a
+    current step; ignoring it leaves the stop to the main process, which shuts its workers down. But the
+    parent's own SIGTERM must still end the worker: at interpreter exit ``multiprocessing`` terminates its
+    daemonic children and then joins them, so a worker deaf to it would hang the exit forever (a loader
+    whose iterator was never shut down). Python's handlers do not see the sender, so SIGTERM is blocked and a
+    thread reads it with ``sigwaitinfo`` (Linux); elsewhere it is ignored as before. Setting a
     ``worker_init_fn`` turns off Lightning's own worker seeding (``seed_everything(workers=True)``), so
     this calls it.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(
+            target=_exit_on_parents_sigterm, args=(os.getppid(),), name="segbench-sigterm", daemon=True
+        ).start()
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning_fabric.utilities.seed import pl_worker_init_function
 
