@@ -36,3 +36,31 @@ def interruptible_run_args(synth_root: Path) -> list[str]:
         "seed=7",
         "test_after_fit=false",
     ]
+
+
+def untrained_checkpoint(root: Path, path: Path, *, size: int, detections: int) -> Path:
+    """An untrained ResNet-18 Mask R-CNN for the classes of ``root``'s train split at ``size`` px, written
+    by the training's own checkpoint writer to ``path``."""
+    import torch
+
+    from segbench.data.coco import open_split
+    from segbench.models.module import MaskRCNNModule
+    from segbench.training import save_checkpoint
+
+    ds = open_split(root, "train")
+    torch.manual_seed(0)
+    net = {
+        "backbone": "resnet18_fpn",
+        "weights": None,
+        "min_size": size,
+        "max_size": size,
+        "box_detections_per_img": detections,
+    }
+    module = MaskRCNNModule(
+        net=net,
+        num_classes=ds.num_classes,
+        class_names=ds.class_names,
+        categories=ds.categories,
+        label_to_cat_id=ds.label_to_cat_id,
+    )
+    return save_checkpoint(module, path)

@@ -321,3 +321,28 @@ def test_every_run_leaves_its_final_weights(synth_root, tmp_path):
     assert pick_checkpoint(result, "best") == pick_checkpoint(result, "final") == str(final)
     assert pick_checkpoint({**result, "best_checkpoint": "b.ckpt"}, "best") == "b.ckpt"
     assert pick_checkpoint({}, "final") is None
+
+
+def test_advise_chooses_the_auto_recipe_once_by_default(synth_root, tmp_path, capsys):
+    """Without an experiment, advise runs the recipe `segbench train` would choose (one for all the runs)."""
+    code = main(
+        [
+            "advise",
+            f"data.root={synth_root}",
+            f"out={tmp_path}/a",
+            "budget=3",
+            "recipe.probe=false",
+            "recipe.dry_run=true",
+            "model.net.box_batch_size_per_image=48",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "auto recipe: 24 train images" in text and "budget 3 min" in text
+    assert "model.net.min_size=" in text and "trainer.max_time=00:00:03:00" in text
+    assert "model.net.box_batch_size_per_image=48" in text and "your override" in text
+    assert "nothing trained" in text and not (tmp_path / "a").exists()
+    from segbench.cli import compose
+    from segbench.commands.train import _auto
+
+    assert not _auto(compose("advise", [f"data.root={synth_root}", "experiment=torchvision"]))

@@ -31,29 +31,11 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_root, tmp_path_factory) -> Path:
     """An untrained ResNet-18 Mask R-CNN, written by the training's own checkpoint writer."""
-    import torch
+    from tests.helpers import untrained_checkpoint
 
-    from segbench.data.coco import open_split
-    from segbench.models.module import MaskRCNNModule
-    from segbench.training import save_checkpoint
-
-    ds = open_split(tiny_root, "train")
-    torch.manual_seed(0)
-    net = {
-        "backbone": "resnet18_fpn",
-        "weights": None,
-        "min_size": 64,
-        "max_size": 64,
-        "box_detections_per_img": 20,
-    }
-    module = MaskRCNNModule(
-        net=net,
-        num_classes=ds.num_classes,
-        class_names=ds.class_names,
-        categories=ds.categories,
-        label_to_cat_id=ds.label_to_cat_id,
+    return untrained_checkpoint(
+        tiny_root, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", size=64, detections=20
     )
-    return save_checkpoint(module, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 class _Links(HTMLParser):

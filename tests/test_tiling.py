@@ -388,29 +388,9 @@ def test_compare_runs_every_method_by_tiles(tiny_data, tmp_path, capsys):
 
 
 def test_eval_runs_the_model_by_tiles(tiny_data, tmp_path, capsys):
-    import torch
+    from tests.helpers import untrained_checkpoint
 
-    from segbench.data.coco import open_split
-    from segbench.models.module import MaskRCNNModule
-    from segbench.training import save_checkpoint
-
-    ds = open_split(tiny_data, "train")
-    torch.manual_seed(0)
-    net = {
-        "backbone": "resnet18_fpn",
-        "weights": None,
-        "min_size": 32,
-        "max_size": 32,
-        "box_detections_per_img": 5,
-    }
-    module = MaskRCNNModule(
-        net=net,
-        num_classes=ds.num_classes,
-        class_names=ds.class_names,
-        categories=ds.categories,
-        label_to_cat_id=ds.label_to_cat_id,
-    )
-    ckpt = save_checkpoint(module, tmp_path / "tiny.ckpt")
+    ckpt = untrained_checkpoint(tiny_data, tmp_path / "tiny.ckpt", size=32, detections=5)
     out = tmp_path / "eval"
     argv = ["eval", f"ckpt_path={ckpt}", f"data.root={tiny_data}", "progress=false", "limit=1"]
     assert main([*argv, f"out={out}", "tile=40", "overlap=16"]) == 0

@@ -12,11 +12,22 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.commands.train import _rebase, build_run
+from segbench.commands.train import (
+    RECIPE_FILE,
+    _apply,
+    _auto,
+    _rebase,
+    build_run,
+    choose_auto_recipe,
+    recipe_text,
+)
 from segbench.options import check_bool, check_float
 from segbench.types import SegbenchError
 
 log = logging.getLogger(__name__)
+
+#: The keys of configs/advise.yaml that are not keys of a training recipe (never written into recipe.yaml).
+_ADVISE_KEYS = ("fractions", "unit", "checkpoint", "factor", "scale_epochs", "bootstrap", "confidence", "out")
 
 
 def _scaled_epochs(trainer: DictConfig, fraction: float) -> dict:
@@ -209,7 +220,9 @@ def run(cfg: DictConfig) -> dict:
     as for train), name, seed (subsets, runs and bootstrap), budget (training minutes per run), fractions,
     unit (images or objects), factor (2: twice the labels), checkpoint (final or best), scale_epochs
     (epochs counted in passes over the whole train split), bootstrap (resamples; 0: no intervals),
-    confidence, out, run_dir. Presets: experiment=NAME (configs/experiment/).
+    confidence, out, run_dir. The recipe: experiment=auto by default (chosen once from the whole train split,
+    this machine and ``budget``, printed, saved as ``recipe.yaml`` in ``out``; every run uses it), or
+    experiment=NAME (configs/experiment/; experiment=torchvision: the plain defaults).
     """
     from segbench.advise import advise, check_fractions
 
@@ -226,9 +239,20 @@ def run(cfg: DictConfig) -> dict:
         raise SegbenchError(
             "data.limit_train is set, but advise chooses the training images itself (fractions=...); drop it"
         )
+    recipe = None
+    if _auto(cfg):
+        # one recipe for every run, chosen from the whole train split: the runs differ in their labels only
+        recipe = choose_auto_recipe(cfg)
+        _apply(cfg, recipe.values())
+        print(recipe.text())
+        if cfg.recipe.get("dry_run"):
+            print("recipe.dry_run=true: nothing trained (drop it to run the advice with this recipe)")
+            return {"dry_run": True, "recipe": recipe.values()}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if recipe is not None:
+        (out / RECIPE_FILE).write_text(recipe_text(cfg, recipe, run_dir=out, command_keys=_ADVISE_KEYS))
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     train_one = _make_train_one(

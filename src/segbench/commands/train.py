@@ -268,8 +268,9 @@ def _train_defaults() -> dict[str, str]:
     return out
 
 
-def recipe_text(cfg: DictConfig, recipe, *, run_dir: Path) -> str:
-    """``recipe.yaml``: the recipe as an experiment config that re-runs it (the rules switched off)."""
+def recipe_text(cfg: DictConfig, recipe, *, run_dir: Path, command_keys: tuple[str, ...] = ()) -> str:
+    """``recipe.yaml``: the recipe as an experiment config that re-runs it (the rules switched off).
+    ``command_keys``: top-level keys of the calling command (``segbench advise``'s fractions...), never written."""
     from segbench.recipe import experiment_yaml
 
     raw = [str(o) for o in cfg.recipe.get("overrides") or []]
@@ -286,7 +287,7 @@ def recipe_text(cfg: DictConfig, recipe, *, run_dir: Path) -> str:
         defaults.append(f"override /{group}: {shown}")
 
     def own(key: str) -> bool:  # a key of the run, not of its recipe
-        return key.split(".")[0] in _RUN_KEYS
+        return key.split(".")[0] in (*_RUN_KEYS, *command_keys)
 
     from_groups = {k for k, src in keys.items() if src.split("=", 1)[0].lstrip("+") in groups}
     debug_keys = {k for k, src in keys.items() if src.split("=", 1)[0].lstrip("+") == "debug"}
