@@ -303,3 +303,18 @@ def test_cpu_precision_follows_the_cpu(monkeypatch):
         assert cfg.trainer.precision == expected
     monkeypatch.undo()
     assert isinstance(training.cpu_has_bf16(), bool)
+
+
+def test_ema_training_evaluates_the_averaged_weights(synth_root, tmp_path, capsys):
+    from segbench.models.checkpoint import read_checkpoint
+
+    code = main(tiny(synth_root, tmp_path, "callbacks.ema.enabled=true", "trainer.max_steps=2"))
+    assert code == 0, capsys.readouterr().err
+    (run,) = run_dirs(tmp_path)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["global_step"] == 2 and 0 <= m["val"]["segm_AP"] <= 1
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    # Lightning's WeightAveraging: state_dict holds the average, current_model_state the raw weights
+    raw, avg = ckpt["current_model_state"], ckpt["state_dict"]
+    assert set(raw) == set(avg)
+    assert any(not torch.equal(raw[k], avg[k]) for k in avg if avg[k].is_floating_point())

@@ -1,11 +1,12 @@
 """Lightning plugins and callbacks of segbench's training: atomic checkpoint files, a checkpoint when
-SIGTERM stops the run, random-generator state.
+SIGTERM stops the run, random-generator state, weight EMA.
 
 Which checkpoints are kept is Lightning's own ``ModelCheckpoint`` (``configs/callbacks/default.yaml``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -151,6 +153,43 @@ class RNGStateCallback(pl.Callback):
         )
         py = state["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def _ramped_ema(averaged, current, num_averaged, *, decay: float):
+    """One EMA update with TensorFlow's ``ExponentialMovingAverage(num_updates=n)`` rule: the decay is
+    ``min(decay, (1 + n) / (10 + n))``, so the average follows the weights early on and a run of a few
+    hundred steps averages its last ~10 % of updates instead of remembering its random start."""
+    n = float(num_averaged)
+    d = min(decay, (1.0 + n) / (10.0 + n))
+    return averaged * d + current * (1.0 - d)
+
+
+class EMA(WeightAveraging):
+    """Weight EMA by Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging` (which swaps the
+    averaged weights in for every validation, saves them as the checkpoint's ``state_dict`` — so the best
+    checkpoint and the evaluation use them — and keeps the raw weights for a resume), with a decay that
+    ramps up (:func:`_ramped_ema`): Lightning's ``EMAWeightAveraging`` has a fixed decay, which over the few
+    hundred steps of a CPU budget is still mostly the initial weights.
+
+    Parameters
+    ----------
+    decay
+        The largest decay (reached after ``(10 decay - 1) / (1 - decay)`` updates: ~9000 for 0.999).
+    start_step
+        Optimizer steps before the first update (e.g. the warm-up).
+    """
+
+    def __init__(self, decay: float = 0.999, start_step: int = 0) -> None:
+        if not 0.0 < float(decay) < 1.0:
+            raise SegbenchError(f"callbacks.ema.decay must be between 0 and 1, got {decay!r}")
+        if int(start_step) < 0:
+            raise SegbenchError(f"callbacks.ema.start_step must be >= 0, got {start_step!r}")
+        super().__init__(use_buffers=True, avg_fn=functools.partial(_ramped_ema, decay=float(decay)))
+        self.decay = float(decay)
+        self.start_step = int(start_step)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= self.start_step
 
 
 # --- experiment trackers (logger=mlflow, logger=wandb) ----------------------------------------------------

@@ -53,9 +53,19 @@ def _launch_record() -> dict:
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
+    """The objects of a callbacks / logger group; an entry with ``enabled: false`` is left out (the key is
+    the entry's switch, e.g. ``callbacks.ema.enabled=true``, not an argument of its class)."""
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+    out = []
+    for c in group.values():
+        if c is None or "_target_" not in c:
+            continue
+        spec = OmegaConf.to_container(c, resolve=True)
+        if not spec.pop("enabled", True):
+            continue
+        out.append(instantiate(spec))
+    return out
 
 
 def build_run(cfg: DictConfig, run_dir: Path, **data_kwargs):

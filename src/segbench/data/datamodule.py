@@ -102,13 +102,33 @@ class TrainDataset(Dataset):
         Random crop of at most this size taken before decoding masks (for large images).
     min_area : int
         Instances with fewer pixels after augmentation are dropped.
+    copy_paste : float
+        Probability that an item gets instances pasted from another train image
+        (:func:`segbench.data.aids.paste_instances`), before the augmentations.
+    copy_paste_objects : int, optional
+        At most this many pasted per item (``None``: 1 to all of the source's, at random).
+    sources : sequence of int, optional
+        The images objects may be pasted from (a subset's own images); ``None``: all.
     """
 
-    def __init__(self, coco: CocoDataset, transforms=None, *, max_crop: int | None = None, min_area: int = 4):
+    def __init__(
+        self,
+        coco: CocoDataset,
+        transforms=None,
+        *,
+        max_crop: int | None = None,
+        min_area: int = 4,
+        copy_paste: float = 0.0,
+        copy_paste_objects: int | None = None,
+        sources: Sequence[int] | None = None,
+    ):
         self.coco = coco
         self.transforms = transforms
         self.max_crop = max_crop
         self.min_area = min_area
+        self.copy_paste = float(copy_paste)
+        self.copy_paste_objects = copy_paste_objects
+        self.sources = list(range(len(coco))) if sources is None else [int(i) for i in sources]
 
     def __len__(self) -> int:
         return len(self.coco)
@@ -128,6 +148,25 @@ class TrainDataset(Dataset):
             out[k] = mask_utils.decode(r)[y0 : y0 + ch, x0 : x0 + cw]
         return out, labels
 
+    def _paste(self, i: int, image, masks, labels, rng: np.random.Generator):
+        from segbench.data.aids import paste_instances
+
+        if rng.random() >= self.copy_paste:
+            return image, masks, labels
+        others = [j for j in self.sources if j != i]
+        j = others[int(rng.integers(len(others)))]
+        src = self.coco.load_image(j)
+        hs, ws = src.shape[:2]
+        h, w = image.shape[:2]
+        # only the window that can land on the image is decoded (the crop rule of _masks)
+        y0, x0 = int(rng.integers(0, max(hs - h, 0) + 1)), int(rng.integers(0, max(ws - w, 0) + 1))
+        window = (y0, x0, min(h, hs), min(w, ws))
+        src_masks, src_labels = self._masks(j, window)
+        src = src[y0 : y0 + window[2], x0 : x0 + window[3]]
+        return paste_instances(
+            image, masks, labels, src, src_masks, src_labels, rng, max_objects=self.copy_paste_objects
+        )
+
     def __getitem__(self, i: int):
         # One seed per item drawn from torch's generator: augmentations follow seed_everything, differ
         # between DataLoader workers, and replay exactly after a resume.
@@ -140,6 +179,8 @@ class TrainDataset(Dataset):
             y0, x0, ch, cw = window
             image = image[y0 : y0 + ch, x0 : x0 + cw]
         masks, labels = self._masks(i, window)
+        if self.copy_paste > 0 and len(self.sources) > 1:
+            image, masks, labels = self._paste(i, image, masks, labels, np.random.default_rng([seed, 1]))
         if self.transforms is not None:
             self.transforms.set_random_seed(seed)
             out = self.transforms(image=image, masks=masks) if len(masks) else self.transforms(image=image)
@@ -248,6 +289,9 @@ class CocoDataModule(pl.LightningDataModule):
         limit_val: int | None = None,
         train_indices: Sequence[int] | None = None,
         keep_empty_classes: bool = False,
+        copy_paste: float = 0.0,
+        copy_paste_objects: int | None = None,
+        repeat_factor_threshold: float | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -258,6 +302,25 @@ class CocoDataModule(pl.LightningDataModule):
         if persistent_workers and num_workers == 0:
             raise SegbenchError(
                 "data.persistent_workers=true needs data.num_workers > 0; set one or the other"
+            )
+        if (
+            not isinstance(copy_paste, int | float)
+            or isinstance(copy_paste, bool)
+            or not 0 <= copy_paste <= 1
+        ):
+            raise SegbenchError(f"data.copy_paste is a probability in 0..1, got {copy_paste!r}")
+        if copy_paste_objects is not None and (
+            not isinstance(copy_paste_objects, int) or copy_paste_objects < 1
+        ):
+            raise SegbenchError(
+                f"data.copy_paste_objects must be a positive integer or null, got {copy_paste_objects!r}"
+            )
+        if repeat_factor_threshold is not None and (
+            not isinstance(repeat_factor_threshold, int | float) or not repeat_factor_threshold > 0
+        ):
+            raise SegbenchError(
+                "data.repeat_factor_threshold must be a number > 0 (LVIS used 0.001) or null, got "
+                f"{repeat_factor_threshold!r}"
             )
         cpus = os.cpu_count() or 1
         if num_workers > cpus:
@@ -276,6 +339,8 @@ class CocoDataModule(pl.LightningDataModule):
         self.min_area = min_area
         self.limit_train, self.limit_val = limit_train, limit_val
         self.keep_empty_classes = bool(keep_empty_classes)
+        self.copy_paste, self.copy_paste_objects = float(copy_paste), copy_paste_objects
+        self.repeat_factor_threshold = repeat_factor_threshold
         self.train_indices = None if train_indices is None else [int(i) for i in train_indices]
         self.train_coco: CocoDataset | None = None
         self.val_coco: CocoDataset | None = None
@@ -335,7 +400,15 @@ class CocoDataModule(pl.LightningDataModule):
     def train_dataset(self) -> Dataset:
         self.setup("fit")
         tfm = build_transforms(self.train_transform_specs)
-        ds = TrainDataset(self.train_coco, tfm, max_crop=self.max_crop, min_area=self.min_area)
+        ds = TrainDataset(
+            self.train_coco,
+            tfm,
+            max_crop=self.max_crop,
+            min_area=self.min_area,
+            copy_paste=self.copy_paste,
+            copy_paste_objects=self.copy_paste_objects,
+            sources=self._train_positions(),
+        )
         if self.train_indices is not None:
             bad = [i for i in self.train_indices if not 0 <= i < len(ds)]
             if bad or not self.train_indices:
@@ -346,16 +419,40 @@ class CocoDataModule(pl.LightningDataModule):
             ds = torch.utils.data.Subset(ds, self.train_indices)
         return self._subset(ds, self.limit_train)
 
+    def _train_positions(self) -> list[int]:
+        """The positions in the train split that training reads (``train_indices``, then ``limit_train``)."""
+        pos = list(range(len(self.train_coco))) if self.train_indices is None else list(self.train_indices)
+        return pos if self.limit_train is None else pos[: self.limit_train]
+
+    def _repeat_sampler(self):
+        from segbench.data.aids import RepeatFactorSampler, repeat_factors
+
+        ds = self.train_coco
+        classes = [
+            [a["category_id"] for a in ds.annotations(i) if not a.get("iscrowd")]
+            for i in self._train_positions()
+        ]
+        factors = repeat_factors(classes, self.repeat_factor_threshold)
+        log.info(
+            "repeat-factor sampling (t=%g): %d of %d train images repeated, %.0f draws an epoch",
+            self.repeat_factor_threshold,
+            int((factors > 1).sum()),
+            len(factors),
+            factors.sum(),
+        )
+        return RepeatFactorSampler(factors, seed=torch.initial_seed() % (2**31))
+
     def val_dataset(self) -> Dataset:
         self.setup("validate")
         return self._subset(EvalDataset(self.val_coco), self.limit_val)
 
-    def _loader(self, ds: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, *, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             worker_init_fn=functools.partial(init_worker, rank=rank) if self.num_workers > 0 else None,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
@@ -365,7 +462,9 @@ class CocoDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), batch_size=self.batch_size, shuffle=True)
+        ds = self.train_dataset()
+        sampler = self._repeat_sampler() if self.repeat_factor_threshold is not None else None
+        return self._loader(ds, batch_size=self.batch_size, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset(), batch_size=self.val_batch_size, shuffle=False)
