@@ -351,6 +351,48 @@ def test_the_probe_times_real_steps_and_leaves_the_random_state_alone(synth_root
     assert p.step_s > 0 and p.infer_s > 0 and p.bf16_step_s is None
     assert (p.batch_size, p.steps, p.image_size) == (2, 1, (96, 96))
     assert model.roi_heads.detections_per_img == 100  # the timing's cap is put back
+    assert p.infer_cap_s > 0  # the first validations' cost: the cap filled
+    m = model.roi_heads.proposal_matcher
+    assert (m.high_threshold, m.low_threshold) == (0.5, 0.5)  # the matcher is put back
+
+
+def test_the_probe_runs_the_mask_head_on_a_trained_models_share_of_rois(synth_root):
+    """A fresh model's random proposals rarely reach IoU 0.5, so its mask head sees few RoIs; the probe
+    times the steps with the full positive share (25 % of the RoI samples), as after the RPN has learnt."""
+    from segbench.data.datamodule import CocoDataModule, collate
+    from segbench.models.maskrcnn import build_maskrcnn
+    from segbench.recipe import _as_trained
+
+    dm = CocoDataModule(root=str(synth_root), batch_size=2)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    model = build_maskrcnn(
+        num_classes=dm.num_classes,
+        backbone="resnet18_fpn",
+        min_size=64,
+        max_size=64,
+        box_batch_size_per_image=32,
+    )
+    model.train()
+    seen = []
+    model.roi_heads.mask_roi_pool.register_forward_hook(lambda mod, args, out: seen.append(len(out)))
+    images, targets = collate([dm.train_dataset()[k] for k in range(2)])
+    targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+    model(list(images), targets)
+    with _as_trained(model):
+        model(list(images), targets)
+    fresh, trained = seen
+    assert trained == 2 * 8  # positive_fraction 0.25 of 32 RoIs, two images
+    assert fresh < trained
+
+
+def test_validation_time_counts_a_young_model_filling_the_cap():
+    from segbench.recipe import VALIDATIONS, _val_image_s
+
+    p = Probe(step_s=1.0, batch_size=4, steps=3, infer_s=0.2, infer_cap_s=1.0)
+    assert _val_image_s(p) == pytest.approx((1.0 + (VALIDATIONS - 1) * 0.2) / VALIDATIONS)
+    assert _val_image_s(Probe(step_s=1.0, batch_size=4, steps=3, infer_s=0.2)) == 0.2
+    assert _val_image_s(None) is None
 
 
 # --- the command ------------------------------------------------------------------------------------------
