@@ -448,3 +448,75 @@ def test_experiment_auto_trains_prints_and_saves_a_recipe_that_runs_again(synth_
     code = main(["train", f"experiment={saved}", "recipe.dry_run=true"])
     out = capsys.readouterr().out
     assert code == 0 and "auto recipe" not in out and "recipe.auto=false" in out
+
+
+# --- lightening: a budget that holds too few steps --------------------------------------------------------
+
+
+def _slow(step_s: float) -> Machine:
+    return Machine(cores=2, probe=Probe(step_s=step_s, batch_size=4, steps=3, infer_s=0.1))
+
+
+def test_a_budget_of_too_few_steps_halves_the_rois_and_shrinks_the_crops():
+    from segbench.recipe import MIN_STEPS, needs_lightening
+
+    dsb = stats(size=(1000, 1300), objects=(6, 11, 17, 24, 43), per_image=(27, 137, 375))
+    heavy = choose_recipe(dsb, _slow(10.0), budget_minutes=15)
+    v = values(heavy)
+    assert (
+        v["model.net.keep_size"]
+        and v["data.max_crop"] == 512
+        and v["model.net.box_batch_size_per_image"] == 256
+    )
+    assert heavy.steps < MIN_STEPS and needs_lightening(heavy)
+    one = values(choose_recipe(dsb, _slow(10.0), budget_minutes=15, lighten=1))
+    assert one["model.net.box_batch_size_per_image"] == 128 and one["data.max_crop"] == 384
+    assert one["data.batch_size"] == 4  # a 384 px crop is no longer a large image
+    two = choose_recipe(dsb, _slow(10.0), budget_minutes=15, lighten=2)
+    assert values(two)["model.net.box_batch_size_per_image"] == 64 and values(two)["data.max_crop"] == 256
+    assert not needs_lightening(two)  # the last level
+    assert values(choose_recipe(dsb, _slow(10.0), budget_minutes=15, lighten=9)) == values(two)
+    assert "halved 2x from 256" in two.text() and "lightened 2x from 512" in two.text()
+    fast = choose_recipe(dsb, _slow(0.5), budget_minutes=15)
+    assert fast.steps >= MIN_STEPS and not needs_lightening(fast)
+
+
+def test_lightening_keeps_the_scale_of_resized_images_the_floors_and_the_users_keys():
+    synth = stats(size=(192, 192), objects=(14, 21, 28, 38, 49), per_image=(4, 8, 8))
+    base = values(choose_recipe(synth, _slow(5.0), budget_minutes=15))
+    light = values(choose_recipe(synth, _slow(5.0), budget_minutes=15, lighten=2))
+    assert (
+        base["model.net.box_batch_size_per_image"] == 64 and light["model.net.box_batch_size_per_image"] == 32
+    )
+    assert light["model.net.min_size"] == base["model.net.min_size"] and light.get("data.max_crop") is None
+    few = stats(size=(192, 192), per_image=(1, 2, 3), objects=(14, 21, 28, 38, 49))
+    assert values(choose_recipe(few, _slow(5.0), budget_minutes=15, lighten=2))[
+        "model.net.box_batch_size_per_image"] == 32  # fmt: skip
+    user = {"model.net.box_batch_size_per_image": "model.net.box_batch_size_per_image=200"}
+    mine = choose_recipe(synth, _slow(5.0), budget_minutes=15, lighten=2, overrides=user,
+                         current={"model.net.box_batch_size_per_image": 200})  # fmt: skip
+    assert values(mine)["model.net.box_batch_size_per_image"] == 200
+    gpu = Machine(
+        cores=8, cuda=True, gpu_name="x", probe=Probe(step_s=5.0, batch_size=4, steps=3, device="cuda")
+    )
+    assert choose_recipe(synth, gpu, budget_minutes=15, lighten=2).lighten == 0  # epochs, not a clock
+
+
+def test_the_command_reprobes_each_lighter_level(synth_root, monkeypatch):
+    """choose_auto_recipe times each lighter level again and stops once enough steps fit."""
+    import segbench.commands.train as train_cmd
+    from segbench.cli import compose
+
+    timed = []
+
+    def fake_probe(cfg, values, dm, machine, stats):
+        rois = values["model.net.box_batch_size_per_image"]
+        timed.append(rois)
+        return Probe(step_s=8.0 if rois >= 64 else 0.5, batch_size=4, steps=3, infer_s=0.05)
+
+    monkeypatch.setattr(train_cmd, "_probe", fake_probe)
+    cfg = compose("train", [f"data.root={synth_root}", "experiment=auto"])
+    recipe = train_cmd.choose_auto_recipe(cfg)
+    assert timed == [64, 32]  # the first recipe, then one lighter level
+    assert recipe.value("model.net.box_batch_size_per_image") == 32 and recipe.lighten == 1
+    assert "lightened (fewer than 300 steps fit the budget)" in recipe.text() and "64 RoIs" in recipe.text()

@@ -97,6 +97,15 @@ CPU_BATCH, GPU_BATCH = 4, 4
 #: Above this many pixels per training image (a 384 x 384 image), a step takes 2 images and the gradient of
 #: 2 steps is accumulated: the same 4 images per update with half the memory per step.
 LARGE_IMAGE_PIXELS = 384 * 384
+#: Fewest optimizer steps a CPU budget should hold: below them a from-scratch Mask R-CNN has barely started
+#: learning its heads (the synthetic preset curve still rises steeply at 300 steps, docs/results.md), so the
+#: recipe is lightened (fewer RoI samples, smaller native-size crops; re-probed) until they fit.
+MIN_STEPS = 300
+#: At most this many lightening levels: each halves the RoI samples (not below ROI_LIGHT_MIN) and shrinks
+#: native-size crops by 128 px (not below CROP_LIGHT_MIN, nor 4x the 95% object side).
+MAX_LIGHTEN = 2
+ROI_LIGHT_MIN = 32
+CROP_LIGHT_MIN = 256
 #: The time budget when ``budget=`` is not given (minutes).
 DEFAULT_BUDGET_MINUTES = 15.0
 #: Warm-up: about 5% of the steps the budget holds, at most 100 (the CPU presets' 50-100).
@@ -567,6 +576,8 @@ class Recipe:
     choices: list[Choice]
     notes: list[str]
     header: str
+    steps: float | None = None  # optimizer steps predicted in the budget (CPU, with a step time)
+    lighten: int = 0  # lightening levels applied (MIN_STEPS)
 
     def values(self) -> dict[str, Any]:
         """``{key: value}`` in order (the user's overrides included, with the user's values)."""
@@ -600,6 +611,7 @@ class _Builder:
         self.overrides = dict(overrides)
         self.current = dict(current)
         self.choices: list[Choice] = []
+        self.steps: float | None = None
 
     def overridden(self, key: str) -> str | None:
         """The user's setting of ``key`` (or of a key above it), ``None`` when the user did not set it."""
@@ -682,6 +694,7 @@ def choose_recipe(
     budget_minutes: float | None = DEFAULT_BUDGET_MINUTES,
     overrides: Mapping[str, str] | None = None,
     current: Mapping[str, Any] | None = None,
+    lighten: int = 0,
 ) -> Recipe:
     """The training recipe for ``stats`` on ``machine``: every key with its value and reason.
 
@@ -702,6 +715,10 @@ def choose_recipe(
         "model.net.min_size=256"}``); a key above another (``model.net``) covers it.
     current
         The configured values of :data:`CONTEXT_KEYS` (weights, backbone, epochs, and the user's values).
+    lighten
+        Lightening levels (0 to :data:`MAX_LIGHTEN`) for a CPU budget that holds fewer than :data:`MIN_STEPS`
+        steps: each halves the RoI samples and shrinks native-size crops (:func:`lighter`; the command
+        re-probes each level, since only a timing says what a step then costs).
 
     Returns
     -------
@@ -720,11 +737,12 @@ def choose_recipe(
     notes: list[str] = []
     gpu = _rule_device(b, machine)
     notes.append(_data_line(stats))
-    scale = _rule_scale(b, stats, gpu=gpu)
+    lighten = 0 if gpu else max(0, min(int(lighten), MAX_LIGHTEN))
+    scale = _rule_scale(b, stats, gpu=gpu, lighten=lighten)
     _rule_anchors(b, stats, scale, notes)
     det = _rule_detections(b, stats)
     _rule_rpn(b, det)
-    _rule_roi_batch(b, stats)
+    _rule_roi_batch(b, stats, lighten=lighten)
     batch, accumulate = _rule_batch(b, stats, scale, machine, gpu=gpu)
     precision = _rule_precision(b, machine, gpu=gpu)
     _rule_schedule(
@@ -738,7 +756,13 @@ def choose_recipe(
         )
     budget_text = "" if gpu else f", budget {_show(_budget_minutes(b, budget_minutes))} min"
     header = f"auto recipe: {stats.images} train images on {machine.describe()}{budget_text}"
-    return Recipe(b.choices, notes, header)
+    return Recipe(b.choices, notes, header, steps=b.steps, lighten=lighten)
+
+
+def needs_lightening(recipe: Recipe) -> bool:
+    """Whether the budget holds fewer than :data:`MIN_STEPS` steps of ``recipe`` (CPU, a step time known)
+    and another lightening level is left."""
+    return recipe.steps is not None and recipe.steps < MIN_STEPS and recipe.lighten < MAX_LIGHTEN
 
 
 def _budget_minutes(b: _Builder, budget_minutes: float | None) -> float:
@@ -788,6 +812,13 @@ def _rule_device(b: _Builder, m: Machine) -> bool:
     return str(acc) in ("gpu", "cuda") or (str(acc) == "auto" and m.cuda)
 
 
+def _light_crop(cap: int, s: TrainStats, lighten: int) -> int:
+    """The native-size crop after ``lighten`` levels: 128 px smaller a level, not below CROP_LIGHT_MIN nor 4x
+    the 95% object side (a crop must hold whole objects with context)."""
+    floor = max(CROP_LIGHT_MIN, _ceil_step(4 * s.object_side.p95) if s.object_side else CROP_LIGHT_MIN)
+    return max(min(cap, floor), cap - 128 * lighten)
+
+
 @dataclass(frozen=True)
 class _Scale:
     native: bool  # keep_size: no resize
@@ -805,7 +836,7 @@ class _Scale:
         return s.object_side_rel.scaled(self.factor_rel)
 
 
-def _rule_scale(b: _Builder, s: TrainStats, *, gpu: bool) -> _Scale:
+def _rule_scale(b: _Builder, s: TrainStats, *, gpu: bool, lighten: int = 0) -> _Scale:
     """Training scale: resize every image to one short side with the median object in the band, or native size
     (with crops of the large images) where resizing cannot keep the objects in the band."""
     cap = GPU_IMAGE_CAP if gpu else CPU_IMAGE_CAP
@@ -865,13 +896,19 @@ def _rule_scale(b: _Builder, s: TrainStats, *, gpu: bool) -> _Scale:
                 f"and predict at native size{nat}"
             )
         b.set("model.net.keep_size", True, reason)
-        need_crop = s.long_side.max > cap
+        size = _light_crop(cap, s, lighten)
+        need_crop = s.long_side.max > size
+        light = (
+            f" (lightened {lighten}x from {cap}: fewer than {MIN_STEPS} steps fit the budget)"
+            if size < cap
+            else ""
+        )
         crop = b.set(
             "data.max_crop",
-            cap if need_crop else None,
-            f"random {cap} px crops of the images larger than that (up to {s.long_side.max:g} px): the {where} cap"
+            size if need_crop else None,
+            f"random {size} px crops of the images larger than that (up to {s.long_side.max:g} px): the {where} cap{light}"
             if need_crop
-            else f"every image fits the {where} cap ({s.long_side.max:g} <= {cap} px): whole images",
+            else f"every image fits the {where} cap ({s.long_side.max:g} <= {size} px): whole images",
         )
         c = int(crop) if crop else math.inf
         # a batch is padded to its largest image: the largest crop (or image) is what a step costs
@@ -980,16 +1017,18 @@ def _rule_rpn(b: _Builder, det: int) -> None:
     )
 
 
-def _rule_roi_batch(b: _Builder, s: TrainStats) -> None:
+def _rule_roi_batch(b: _Builder, s: TrainStats, *, lighten: int = 0) -> None:
     p95 = s.objects_per_image[1]
     lo, hi = ROI_BATCH_RANGE
     n = min(max(_pow2_ceil(ROIS_PER_OBJECT * max(p95, 1.0)), lo), hi)
-    b.set(
-        "model.net.box_batch_size_per_image",
-        n,
+    why = (
         f"{ROIS_PER_OBJECT} RoIs per object of a crowded image ({p95:.0f} objects, the 95th percentile), "
-        f"a power of two in {lo}-{hi}",
+        f"a power of two in {lo}-{hi}"
     )
+    light = max(min(n, ROI_LIGHT_MIN), n >> lighten)
+    if light < n:
+        why += f"; halved {lighten}x from {n}: fewer than {MIN_STEPS} steps of {n} fit the budget"
+    b.set("model.net.box_batch_size_per_image", light, why)
 
 
 def _rule_batch(b: _Builder, s: TrainStats, scale: _Scale, m: Machine, *, gpu: bool) -> tuple[int, int]:
@@ -1137,6 +1176,7 @@ def _rule_schedule(
         max_steps = b.get("trainer.max_steps")
         if b.overridden("trainer.max_steps") is not None and max_steps and int(max_steps) > 0:
             batches = min(batches, int(max_steps) * accumulate)
+        b.steps = batches / accumulate
         line = f"~{batches / accumulate:.0f} steps ({batches / batches_per_epoch:.1f} epochs) fit in {minutes:g} min"
         if p is not None:
             size = f" (largest {p.image_size[1]}x{p.image_size[0]} px)" if p.image_size else ""

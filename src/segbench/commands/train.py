@@ -253,7 +253,14 @@ def choose_auto_recipe(cfg: DictConfig):
     """The recipe for ``cfg``'s train split on this machine (:func:`segbench.recipe.choose_recipe`), with the
     probe's timings unless ``recipe.probe=false``; the keys the user set (``recipe.overrides``, filled in by
     the command line) keep the user's values."""
-    from segbench.recipe import choose_recipe, describe_machine, train_statistics, with_probe
+    from segbench.recipe import (
+        MIN_STEPS,
+        choose_recipe,
+        describe_machine,
+        needs_lightening,
+        train_statistics,
+        with_probe,
+    )
 
     overrides, _ = user_keys([str(o) for o in cfg.recipe.get("overrides") or []])
     dm = instantiate(cfg.data, num_workers=0, persistent_workers=False, _convert_="all")
@@ -265,8 +272,52 @@ def choose_auto_recipe(cfg: DictConfig):
     recipe = choose_recipe(stats, machine, budget_minutes=budget, overrides=overrides, current=current)
     skipped = _probe_skipped(cfg)
     probe = None if skipped else _probe(cfg, recipe.values(), dm, machine, stats)
-    machine = with_probe(machine, probe, skipped)
-    return choose_recipe(stats, machine, budget_minutes=budget, overrides=overrides, current=current)
+    probed = with_probe(machine, probe, skipped)
+    recipe = choose_recipe(stats, probed, budget_minutes=budget, overrides=overrides, current=current)
+    history = []
+    while not skipped and needs_lightening(recipe):
+        # fewer than MIN_STEPS steps fit: a lighter recipe, timed again (its cost is only known by a timing)
+        lighter = choose_recipe(
+            stats,
+            machine,
+            budget_minutes=budget,
+            overrides=overrides,
+            current=current,
+            lighten=recipe.lighten + 1,
+        )
+        if _cost_keys(lighter) == _cost_keys(recipe):
+            break  # nothing left to lighten (the user's keys, or at the floors already)
+        history.append(f"{recipe.steps:.0f} steps at {_cost_text(recipe)}")
+        probe = _probe(cfg, lighter.values(), dm, machine, stats)
+        probed = with_probe(machine, probe, None)
+        recipe = choose_recipe(
+            stats,
+            probed,
+            budget_minutes=budget,
+            overrides=overrides,
+            current=current,
+            lighten=lighter.lighten,
+        )
+    if history:
+        recipe.notes.append(
+            f"lightened (fewer than {MIN_STEPS} steps fit the budget): "
+            + "; ".join(history)
+            + f"; now ~{recipe.steps:.0f} steps at {_cost_text(recipe)} (each level re-probed)"
+        )
+    return recipe
+
+
+#: The keys a lightening level changes (segbench.recipe.lighter).
+_COST_KEYS = ("model.net.box_batch_size_per_image", "data.max_crop")
+
+
+def _cost_keys(recipe) -> tuple:
+    return tuple(recipe.value(k) for k in _COST_KEYS)
+
+
+def _cost_text(recipe) -> str:
+    rois, crop = _cost_keys(recipe)
+    return f"{rois} RoIs" + (f", {crop} px crops" if crop else "")
 
 
 def _train_defaults() -> dict[str, str]:
