@@ -305,6 +305,7 @@ def test_cpu_precision_follows_the_cpu(monkeypatch):
     assert isinstance(training.cpu_has_bf16(), bool)
 
 
+@pytest.mark.slow  # a real training with the callback (the toy test in test_aids.py checks the averaging itself)
 def test_ema_training_evaluates_the_averaged_weights(synth_root, tmp_path, capsys):
     from segbench.models.checkpoint import read_checkpoint
 
