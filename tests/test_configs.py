@@ -49,7 +49,11 @@ def test_train_option_composes_and_instantiates(group, option, tmp_path):
 
         assert len(build_transforms(dm.train_transform_specs)) == len(cfg.data.train_transforms)
     for c in (cfg.get("callbacks") or {}).values():
-        instantiate(c)
+        spec = OmegaConf.to_container(c, resolve=True)
+        spec.pop(
+            "enabled", None
+        )  # the entry's switch (segbench.commands.train._instantiate_all): on or off, it must build
+        instantiate(spec)
     for name, c in (cfg.get("logger") or {}).items():
         if name in ("mlflow", "wandb"):
             continue  # instantiated for real by tests/test_loggers.py (a store takes seconds to create)
