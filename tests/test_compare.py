@@ -333,6 +333,7 @@ def test_bootstrap_difference_has_the_answer_known_by_hand():
     assert same["difference"] == same["ci_low"] == same["ci_high"] == 0 and same["p_not_better"] == 1
 
 
+@pytest.mark.slow  # ~35-95 s on 2 cores: with the slow tests in .ci/run, so make test fits ~10 min
 def test_compare_refine_edges_adds_a_fitted_method_and_predict_reuses_it(
     capsys, tiny_root, tiny_ckpt, tmp_path
 ):

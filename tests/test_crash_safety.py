@@ -31,6 +31,7 @@ def _train(args: list[str], out: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # ~35-95 s on 2 cores: with the slow tests in .ci/run, so make test fits ~10 min
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synth_root, tmp_path):
     args = interruptible_run_args(synth_root)
     ref = _train(args, tmp_path / "ref")

@@ -129,6 +129,7 @@ def test_resume_without_previous_run_is_a_clear_error(synth_root, tmp_path, caps
     assert code == 2 and "no earlier run" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~35-95 s on 2 cores: with the slow tests in .ci/run, so make test fits ~10 min
 def test_ckpt_path_resume_of_a_given_checkpoint(synth_root, tmp_path, capsys):
     assert main(tiny(synth_root, tmp_path / "a")) == 0
     (run,) = run_dirs(tmp_path / "a")
