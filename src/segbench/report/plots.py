@@ -131,14 +131,20 @@ def draw_instances(image: np.ndarray, inst: Instances | None, *, alpha: float = 
     masks = inst.get_masks()
     order = np.arange(len(inst)) if inst.scores is None else np.argsort(inst.scores, kind="stable")
     colours = instance_colours(len(inst))
+    h, w = masks.shape[1:]
     for i in order:
         m = masks[i]
-        if not m.any():
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
             continue
+        # work in the mask's box + 1 px (the outline needs the neighbours): the same pixels as on the whole
+        # image, at the box's cost instead of the image's (51 masks of a 696x520 image: ~20x less work)
+        y0, y1 = max(rows[0] - 1, 0), min(rows[-1] + 2, h)
+        x0, x1 = max(cols[0] - 1, 0), min(cols[-1] + 2, w)
+        box, crop = m[y0:y1, x0:x1], out[y0:y1, x0:x1]
         c = colours[int(i)]
-        out[m] = (1 - alpha) * out[m] + alpha * c
-        edge = find_boundaries(m, mode="inner")
-        out[edge] = c
+        crop[box] = (1 - alpha) * crop[box] + alpha * c
+        crop[find_boundaries(box, mode="inner")] = c
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
