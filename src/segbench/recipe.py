@@ -71,8 +71,11 @@ SIZE_STEP = 32
 #: Images whose long side exceeds the median one by more than this factor would be shrunk by that much more
 #: than the median image when every image is resized to one size: their objects' pixel size is not kept.
 SIZE_VARIATION = 2.0
-#: Anchors: one size per FPN level, doubling per level, the first the 5% object side rounded down to a power
-#: of two, kept in this range (8 px is 2 cells of the stride-4 level; above 64 px small objects go unmatched).
+#: Anchors: one size per FPN level, doubling per level, the first the power of two nearest the 5% object side
+#: (on a log scale: an anchor ``a`` matches objects of ``a / reach`` to ``a * reach``, so the nearest one is the
+#: one whose band holds that side; rounding down, as before, left the first level matching almost nothing and
+#: put the median object one level coarser), kept in this range (8 px is 2 cells of the stride-4 level; above
+#: 64 px small objects go unmatched).
 ANCHOR_FIRST_RANGE = (8, 64)
 ANCHOR_LEVELS = 5
 #: An anchor still matches objects up to this factor larger than itself (IoU 0.5 for the right aspect ratio).
@@ -651,6 +654,10 @@ def _pow2_floor(x: float) -> int:
     return 1 << max(0, int(math.floor(math.log2(max(x, 1.0)))))
 
 
+def _pow2_nearest(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(x, 1.0)) + 0.5)))
+
+
 def _pow2_ceil(x: float) -> int:
     return 1 << max(0, int(math.ceil(math.log2(max(x, 1.0)) - 1e-9)))
 
@@ -947,7 +954,7 @@ def _rule_anchors(b: _Builder, s: TrainStats, scale: _Scale, notes: list[str]) -
     if q is None:
         return
     lo, hi = ANCHOR_FIRST_RANGE
-    first = min(max(_pow2_floor(q.p5), lo), hi)
+    first = min(max(_pow2_nearest(q.p5), lo), hi)
     sizes = [first * 2**k for k in range(ANCHOR_LEVELS)]
     reach = sizes[-1] * ANCHOR_REACH
     cover = (
@@ -958,7 +965,7 @@ def _rule_anchors(b: _Builder, s: TrainStats, scale: _Scale, notes: list[str]) -
     sizes = b.set(
         "model.net.anchor_sizes",
         sizes,
-        f"5% object side {q.p5:.1f} px at train scale -> first anchor {first} (power of two in {lo}-{hi}), "
+        f"5% object side {q.p5:.1f} px at train scale -> first anchor {first} (the nearest power of two, in {lo}-{hi}), "
         f"doubling per level; {cover}",
     )
     if not sizes or not s.object_side_per_class:
