@@ -13,8 +13,9 @@ its first ``--images`` val images, loaded into memory first, so decoding is not 
 * ``segbench bf16+channels_last`` (and with ``proposals=auto``) — ``precision=bf16``; skipped, with the
   reason, on a CPU without bfloat16 instructions (autocast emulates it there: slower than fp32), unless
   ``--force-bf16``;
-* ``ONNX Runtime``, ``OpenVINO fp32``, ``OpenVINO INT8`` — files written by
-  ``segbench.export.export_checkpoint(ckpt, out, formats=[onnx|openvino|openvino_int8])`` (each format
+* ``ONNX Runtime``, ``OpenVINO fp32``, ``OpenVINO INT8``, ``OpenVINO fp32 score_floor=auto`` — files written by
+  ``segbench.export.export_checkpoint(ckpt, out, formats=[onnx|openvino|openvino_int8])`` (the last row
+  with ``score_floor="auto"``: the graph drops the boxes predict throws away before the mask head; each format
   through its own parity / accuracy check) and run as ``segbench predict exported=FILE`` runs them; a
   row whose package is missing says "not installed", one whose export fails says "failed: reason".
 
@@ -48,7 +49,12 @@ EXPORTS = {
     "onnx": ("ONNX Runtime", ("onnxruntime",)),
     "openvino": ("OpenVINO fp32", ("openvino",)),
     "openvino_int8": ("OpenVINO INT8", ("openvino", "nncf")),
+    # the OpenVINO export with score_floor=auto: its graph drops the boxes predict would throw away
+    # before the mask head (masks for the kept boxes only, as the "segbench fp32" row)
+    "openvino_floor": ("OpenVINO fp32 score_floor=auto", ("openvino",)),
 }
+#: bench row -> (export format, extra export_checkpoint options)
+EXPORT_AS = {"openvino_floor": ("openvino", {"score_floor": "auto"})}
 
 
 def quick_checkpoint(tmp: Path, *, size: int, images: int) -> tuple[Path, Path]:
@@ -145,8 +151,12 @@ def export_row(
         from segbench.export import export_checkpoint
         from segbench.predict import load_predictor
 
+        fmt_file, extra = EXPORT_AS.get(fmt, (fmt, {}))
+        if "score_floor" in extra and score_threshold is not None:  # the floor is the threshold given
+            extra = {**extra, "score_floor": score_threshold}
         wanted = {
-            "formats": [fmt],
+            **extra,
+            "formats": [fmt_file],
             "calibration_images": calibration_images,
             "calibration_data": data,  # its train split
             "accuracy_data": data,  # the export's own accuracy check, on the same val images
@@ -156,7 +166,7 @@ def export_row(
         kwargs = {k: v for k, v in wanted.items() if v is not None and k in params}
         t0 = time.perf_counter()
         report = export_checkpoint(ckpt, out / fmt, **kwargs)
-        entry = report["formats"][fmt]
+        entry = report["formats"][fmt_file]
         print(f"  exported {fmt} in {time.perf_counter() - t0:.1f} s: {entry['status']}", flush=True)
         if entry.get("status") != "ok":
             return f"failed: {str(entry.get('error') or entry.get('status'))[:200]}"
@@ -287,7 +297,7 @@ def main(argv=None) -> int:
                 rows[EXPORTS[fmt][0]] = got
             else:
                 rows[EXPORTS[fmt][0]] = predictor_row(got[0])
-                export_reports[fmt] = got[1]["formats"][fmt]
+                export_reports[fmt] = got[1]["formats"][EXPORT_AS.get(fmt, (fmt,))[0]]
 
         runnable = [k for k, v in rows.items() if not isinstance(v, str)]
         preds, times = {}, {k: [] for k in runnable}

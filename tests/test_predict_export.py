@@ -471,3 +471,42 @@ def test_a_56_pixel_mask_head_exports_and_passes_the_parity_check(tmp_path):
     assert report["ok"], {k: v["error"] for k, v in report["formats"].items()}
     card = json.loads((tmp_path / "out" / "model.json").read_text())
     assert card["build"]["mask_resolution"] == 56
+
+
+def test_score_floor_drops_only_the_boxes_predict_would_drop(tiny_ckpt, image_folder, tmp_path, capsys):
+    """An export with score_floor keeps exactly the reference's detections at or above the floor (same
+    boxes, scores and masks: a box below it can only suppress boxes below it in NMS), records the floor in
+    its card, and refuses a predict threshold below it."""
+    model, _, _ = load_model(tiny_ckpt)
+    x = image_to_tensor(np.asarray(Image.open(image_folder / "a_normal.png").convert("RGB")))
+    with torch.inference_mode():
+        ref = {k: v.numpy() for k, v in model([x])[0].items()}
+    assert len(ref["scores"]) >= 4
+    floor = float(np.median(ref["scores"]))  # a detection's own score: kept (predict keeps score >= floor)
+    out = tmp_path / "floored"
+    code = main(["export", f"ckpt_path={tiny_ckpt}", f"out={out}", "formats=[torchscript]",
+                 f"score_floor={floor!r}", "accuracy_images=0"])  # fmt: skip
+    assert code == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["score_floor"] == pytest.approx(floor) and card["box_score_thresh"] < floor
+    runtime, _ = load_exported_model(out / FILES["torchscript"])
+    got = runtime(x)
+    keep = ref["scores"] >= np.float32(floor)
+    assert 0 < keep.sum() < len(keep) and len(got["scores"]) == keep.sum()
+    rows, cols = _pairs(ref["boxes"][keep], ref["labels"][keep], got["boxes"], got["labels"])
+    assert len(rows) == keep.sum()
+    np.testing.assert_allclose(got["boxes"][cols], ref["boxes"][keep][rows], atol=1e-3)
+    np.testing.assert_allclose(got["scores"][cols], ref["scores"][keep][rows], atol=1e-5)
+    np.testing.assert_allclose(got["masks"][cols], ref["masks"][keep][rows], atol=1e-4)
+
+    exported_file = f"exported={out / FILES['torchscript']}"
+    capsys.readouterr()
+    assert _predict([exported_file], image_folder, tmp_path / "low", f"score_threshold={floor / 2}") == 2
+    err = capsys.readouterr().err
+    assert "score_floor" in err and "export again with score_floor=null" in err
+    assert _predict([exported_file], image_folder, tmp_path / "ok", f"score_threshold={floor}") == 0
+    results = json.loads((tmp_path / "ok" / "predictions.json").read_text())
+    assert results and min(r["score"] for r in results) >= floor - 1e-6
+
+    assert main(["export", f"ckpt_path={tiny_ckpt}", f"out={tmp_path / 'bad'}", "score_floor=high"]) == 2
+    assert "score_floor='high' is not valid" in capsys.readouterr().err

@@ -340,3 +340,8 @@ def test_openvino_placeholder_row_of_an_empty_result_is_dropped():
     assert _drop_placeholder_rows(real, 0.05) is real  # real detections (one at the cut) are kept as they are
     # with no card (score cut 0) a zero score is still not a detection
     assert len(_drop_placeholder_rows(empty, 0.0)["scores"]) == 0
+    # seen with score_floor=auto on a blank image: the buffer's garbage as a score, a box of denormals
+    garbage = {**empty, "scores": np.array([4.5232866e36], np.float32)}
+    assert len(_drop_placeholder_rows(garbage, 0.5)["scores"]) == 0
+    big_score = {**real, "scores": np.array([0.9, 1.5], np.float32)}  # not a softmax score
+    assert len(_drop_placeholder_rows(big_score, 0.05)["scores"]) == 1

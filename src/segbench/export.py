@@ -247,6 +247,28 @@ def _check_card(card, where: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 # The resize step, made to agree with eager PyTorch
 # --------------------------------------------------------------------------------------------------
+def resolve_score_floor(value, score_thresholds: dict | None) -> float | None:
+    """The ``score_floor`` of an export: the lowest score its graph keeps (``box_score_thresh``).
+
+    ``None`` / ``"null"``: the model's own (0.05: every mask computed, ``predict`` can lower its threshold
+    later); ``"auto"``: the lowest score ``segbench predict`` keeps by default (the per-class calibrated
+    thresholds, 0.5 for a class without one), so that no mask is computed for a box predict throws away;
+    a number in [0, 1).
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        calibrated = [float(v) for v in (score_thresholds or {}).values() if v is not None]
+        return min([0.5, *calibrated])
+    try:
+        floor = float(value)
+    except (TypeError, ValueError):
+        floor = None
+    if isinstance(value, bool) or floor is None or not 0.0 <= floor < 1.0:
+        raise SegbenchError(f"score_floor={value!r} is not valid: null, auto or a score in [0, 1)")
+    return floor
+
+
 def exportable_model(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` (eval mode) whose resize step is :class:`ExactResizeTransform`.
 
@@ -352,21 +374,28 @@ def _import_openvino():
     return openvino
 
 
+#: torchvision's RoI heads drop boxes narrower or lower than this (``box_ops.remove_small_boxes(boxes, 1e-2)``).
+MIN_BOX_SIDE = 1e-2
+
+
 def _drop_placeholder_rows(out: Output, score_cut: float) -> Output:
     """Remove the rows that are not detections from an OpenVINO result.
 
-    Where the PyTorch model returns no detection (a blank image), OpenVINO's CPU plugin returns one row of
-    zeros (score 0, a box of denormals): its data-dependent ops do not produce empty tensors. torchvision
-    keeps only scores >= ``box_score_thresh`` (``score_cut``) and boxes of positive size, so a row that fails
-    either was never a detection.
+    Where the PyTorch model returns no detection (a blank image), OpenVINO's CPU plugin returns one row
+    that is not a detection: its data-dependent ops do not produce empty tensors. The row holds whatever
+    the buffer held (seen: score 0, or 4.5e36 with a ``score_floor``; a box of denormals). torchvision keeps
+    only scores in ``[box_score_thresh, 1]`` (``score_cut``; softmax scores) and boxes at least 0.01 px wide
+    and high (``remove_small_boxes(boxes, 1e-2)`` in its RoI heads), so a row that fails any was never a
+    detection.
     """
     scores, boxes = out.get("scores"), out.get("boxes")
     if scores is None or boxes is None or not len(scores):
         return out
     keep = (
         (scores >= max(score_cut, np.finfo(np.float32).tiny))
-        & (boxes[:, 2] > boxes[:, 0])
-        & (boxes[:, 3] > boxes[:, 1])
+        & (scores <= 1.0)
+        & (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE)
+        & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
     )
     if keep.all():
         return out
@@ -1081,6 +1110,7 @@ def export_checkpoint(
     calibration_images: int = 300,
     calibration_data: str | os.PathLike | None = None,
     int8_scope: str = "all",
+    score_floor: float | str | None = None,
 ) -> dict:
     """Export a segbench checkpoint to ``formats`` in ``out_dir`` and check each against PyTorch.
 
@@ -1119,6 +1149,11 @@ def export_checkpoint(
         of the checkpoint's data.
     int8_scope
         ``all`` or ``backbone`` (:func:`quantize_openvino`).
+    score_floor
+        ``None``, ``"auto"`` or a score (:func:`resolve_score_floor`): the lowest score every exported
+        graph keeps. Boxes below it get no mask (the RoI heads drop them before the mask head), which is
+        most of the time of a model whose low-score boxes predict would throw away; the reference and the
+        accuracy check use the same floor, and ``predict`` refuses a lower ``score_threshold`` on the export.
 
     Returns
     -------
@@ -1138,7 +1173,16 @@ def export_checkpoint(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, meta, build = load_model(ckpt_path)
+    floor = resolve_score_floor(score_floor, meta.get("score_thresholds"))
+    if floor is not None:  # every format, the reference and the accuracy check keep the same boxes
+        floor = max(floor, float(model.roi_heads.score_thresh))
+        # torchvision keeps scores > score_thresh, predict scores >= its threshold: the float32 just below
+        # the floor keeps a box scored exactly at a calibrated threshold (one is, on the val split)
+        below = float(np.nextafter(np.float32(floor), np.float32(0)))
+        model.roi_heads.score_thresh = below
+        build = {**build, "box_score_thresh": below}
     card = model_card(model, meta, build, source=str(ckpt_path))
+    card["score_floor"] = floor
     if check_size is None:  # the model resizes to min_size itself: smaller inputs only make smaller masks
         check_size = 256 if card["image"]["keep_size"] else min(int(card["image"]["min_size"][0]), 320)
     noise_size = None
@@ -1160,6 +1204,7 @@ def export_checkpoint(
         "out": str(out),
         "versions": card["versions"],
         "opset": opset,
+        "score_floor": floor,
         "tolerances": asdict(tol),
         "check_images": [
             {"image": n, "height": int(t.shape[1]), "width": int(t.shape[2])} for n, t in images

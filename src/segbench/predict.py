@@ -260,7 +260,7 @@ def load_predictor(
         runtime, card = load_exported_model(exported, device=device)
         cats, l2c = _categories_from(card)
         thr = _mask_threshold(card, mask_threshold)
-        return Predictor(
+        predictor = Predictor(
             runtime_segmenter(runtime, thr),
             cats,
             l2c,
@@ -268,6 +268,14 @@ def load_predictor(
             info={"model_size": model_size(card["build"])},
             score_thresholds=_thresholds_from(card),
         )
+        floor = card.get("score_floor")
+        if floor is not None and predictor.lowest_kept_score(score_threshold) < float(floor) - 1e-9:
+            raise SegbenchError(
+                f"score_threshold={predictor.lowest_kept_score(score_threshold):g} is below the score_floor "
+                f"{float(floor):g} that {exported} was exported with: its graph drops every box under "
+                f"{float(floor):g}; pass score_threshold >= {float(floor):g}, or export again with score_floor=null"
+            )
+        return predictor
     from segbench.baselines import build_baseline, load_baseline
 
     if baseline_params:

@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> int:
 
     Keys: ckpt_path, out, formats, opset (>= 17), tolerances.{box,score,mask,ap}, check_size, check_images
     (extra image files), timing_runs, keep_failed, accuracy_data, accuracy_images, calibration_images,
-    calibration_data, int8_scope. Exit status 1 when a format failed or is not installed (its file is not
+    calibration_data, int8_scope, score_floor (null | auto | a score). Exit status 1 when a format failed or is not installed (its file is not
     left behind); the others are still written.
     """
     tol = dict(cfg.get("tolerances") or {})
@@ -48,6 +48,7 @@ def run(cfg: DictConfig) -> int:
         calibration_images=cfg.get("calibration_images", 300),
         calibration_data=cfg.get("calibration_data"),
         int8_scope=str(cfg.get("int8_scope", "all")),
+        score_floor=cfg.get("score_floor"),
     )
     print(format_report_table(report))
     print(f"wrote {Path(cfg.out) / CARD_FILE} and {Path(cfg.out) / REPORT_FILE}")
