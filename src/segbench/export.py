@@ -70,6 +70,7 @@ import torchvision
 from scipy.optimize import linear_sum_assignment
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from segbench.eval.analysis import lowest_kept_score
 from segbench.io import to_jsonable
 from segbench.models.checkpoint import build_from_state_dict, load_model, read_weights
 from segbench.models.transforms import ExactResizeTransform
@@ -245,7 +246,7 @@ def _check_card(card, where: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# The resize step, made to agree with eager PyTorch
+# The score floor: the lowest score an exported graph keeps
 # --------------------------------------------------------------------------------------------------
 def resolve_score_floor(value, score_thresholds: dict | None) -> float | None:
     """The ``score_floor`` of an export: the lowest score its graph keeps (``box_score_thresh``).
@@ -258,8 +259,7 @@ def resolve_score_floor(value, score_thresholds: dict | None) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
-        calibrated = [float(v) for v in (score_thresholds or {}).values() if v is not None]
-        return min([0.5, *calibrated])
+        return lowest_kept_score((score_thresholds or {}).values())
     try:
         floor = float(value)
     except (TypeError, ValueError):
@@ -269,6 +269,9 @@ def resolve_score_floor(value, score_thresholds: dict | None) -> float | None:
     return floor
 
 
+# --------------------------------------------------------------------------------------------------
+# The resize step, made to agree with eager PyTorch
+# --------------------------------------------------------------------------------------------------
 def exportable_model(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` (eval mode) whose resize step is :class:`ExactResizeTransform`.
 

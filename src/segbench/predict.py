@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.eval.analysis import DEFAULT_SCORE_THRESHOLD, lowest_kept_score
 from segbench.types import Instances, SegbenchError
 
 log = logging.getLogger(__name__)
@@ -140,15 +141,15 @@ class Predictor:
         if inst.scores is None or not len(inst):
             return inst
         if score_threshold is not None or not self.score_thresholds:
-            return inst.select(inst.scores >= (0.5 if score_threshold is None else score_threshold))
-        cut = np.asarray([self.score_thresholds.get(int(lbl), 0.5) for lbl in inst.labels])
+            return inst.select(inst.scores >= lowest_kept_score((), score_threshold))
+        cut = np.asarray(
+            [self.score_thresholds.get(int(lbl), DEFAULT_SCORE_THRESHOLD) for lbl in inst.labels]
+        )
         return inst.select(inst.scores >= cut)
 
     def lowest_kept_score(self, score_threshold: float | None) -> float:
         """The lowest score :meth:`keep` can keep with ``score_threshold``."""
-        if score_threshold is not None:
-            return float(score_threshold)
-        return min([0.5, *self.score_thresholds.values()]) if self.score_thresholds else 0.5
+        return lowest_kept_score(self.score_thresholds.values(), score_threshold)
 
     def label_names(self) -> dict[int, str]:
         by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in self.categories}
@@ -250,7 +251,9 @@ def load_predictor(
         # no mask for a box below every threshold that will be applied: it would be thrown away
         seg.score_threshold = predictor.lowest_kept_score(score_threshold)
         if score_threshold is None:  # then below its own class's threshold, before the mask head too
-            seg.class_thresholds = {lbl: predictor.score_thresholds.get(lbl, 0.5) for lbl in l2c}
+            seg.class_thresholds = {
+                lbl: predictor.score_thresholds.get(lbl, DEFAULT_SCORE_THRESHOLD) for lbl in l2c
+            }
         return predictor
     if exported:
         from segbench.export import load_exported_model

@@ -223,6 +223,23 @@ def error_breakdown(
     }
 
 
+#: The score a detection needs when no threshold is given and its class has none calibrated.
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+
+def lowest_kept_score(calibrated, score_threshold: float | None = None) -> float:
+    """The lowest score a detection can have and still be kept: ``score_threshold`` when it is given,
+    else the lowest of the per-class ``calibrated`` thresholds and :data:`DEFAULT_SCORE_THRESHOLD` (a class
+    without a calibrated threshold uses the default). ``calibrated``: the thresholds (``None`` skipped).
+
+    >>> lowest_kept_score([0.3, None]), lowest_kept_score([]), lowest_kept_score([0.3], 0.7)
+    (0.3, 0.5, 0.7)
+    """
+    if score_threshold is not None:
+        return float(score_threshold)
+    return min([DEFAULT_SCORE_THRESHOLD, *(float(v) for v in calibrated if v is not None)])
+
+
 def calibrate_thresholds(gt: Mapping, results: Sequence[Mapping], *, iou_threshold: float = 0.5) -> dict:
     """Per class, the score threshold that maximises F1 at mask IoU ``iou_threshold``.
 
