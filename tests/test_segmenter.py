@@ -39,7 +39,11 @@ def test_predict_instances_equals_model_forward():
         assert len(o) == len(r["boxes"]) > 0
         assert np.allclose(o.boxes, r["boxes"].numpy(), atol=1e-4)
         assert np.allclose(o.scores, r["scores"].numpy(), atol=1e-6)
-        assert (o.get_masks() == (r["masks"][:, 0] > 0.5).numpy()).all()
+        prob = r["masks"][:, 0].numpy()
+        differ = o.get_masks() != (prob > 0.5)
+        # the two paste paths round differently: only a pixel whose probability ties the 0.5 cut may differ
+        assert not differ[np.abs(prob - 0.5) > 1e-4].any()
+        assert differ.sum() <= 2
 
 
 def test_boxes_below_the_threshold_get_no_mask_and_the_kept_ones_are_unchanged():
