@@ -7,8 +7,9 @@ runs in a child process, one after the other (the CPU must be otherwise idle):
 - ``preset``: the hand-written preset (``experiment=synth_cpu`` / ``nuts_cpu`` / ``dsb2018_cpu``) given the same
   ``B`` minutes: ``trainer.max_time`` = B, its cosine decay fitted to that time (``model.scheduler.by_time=true``)
   and a validation every epoch, so that it has a curve and a best checkpoint inside the budget;
-- ``ema``, ``copy_paste``, ``repeat_factor``: the auto recipe plus one training aid (``callbacks.ema.enabled=true``,
-  ``data.copy_paste=0.5``, ``data.repeat_factor_threshold=0.3``), same seed, same budget.
+- ``ema``, ``copy_paste``, ``repeat_factor``, ``multi_scale``: the auto recipe plus one training aid
+  (``callbacks.ema.enabled=true``, ``data.copy_paste=0.5``, ``data.repeat_factor_threshold=0.3``,
+  ``recipe.multi_scale=true``), same seed, same budget.
 
 Every run is scored by ``segbench train``'s own final evaluation (its best checkpoint on the whole val split).
 The table gives steps, training minutes, best val segm mAP during training and the final val segm / bbox mAP;
@@ -39,6 +40,7 @@ AIDS = {
     "ema": ["callbacks.ema.enabled=true"],
     "copy_paste": ["data.copy_paste=0.5"],
     "repeat_factor": ["data.repeat_factor_threshold=0.3"],
+    "multi_scale": ["recipe.multi_scale=true"],
 }
 ARMS = ("auto", "preset", *AIDS)
 

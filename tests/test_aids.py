@@ -149,6 +149,10 @@ def test_the_datamodule_samples_by_repeat_factor(synth_root):
     assert isinstance(loader.sampler, S) and len(loader.sampler.factors) == 10
     assert (loader.sampler.factors >= 1).all()
     assert max(loader.sampler) < 10
+    # no class rarer than the threshold: nothing to repeat, the plain shuffle (a run equal to one without)
+    dm = CocoDataModule(root=str(synth_root), num_workers=0, repeat_factor_threshold=0.01, limit_train=10)
+    dm.setup("fit")
+    assert not isinstance(dm.train_dataloader().sampler, S)
 
 
 # --- weight EMA ---------------------------------------------------------------------------------------

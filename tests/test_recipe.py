@@ -99,6 +99,35 @@ def test_objects_in_the_band_keep_their_scale():
     assert v["model.net.anchor_sizes"] == [16, 32, 64, 128, 256]
 
 
+def test_multi_scale_draws_short_sides_that_keep_the_objects_in_the_band():
+    # nuts-like: 600x800 images, median object 100 px (1/6 of the short side): S = 288 (48 / (1/6)); within
+    # 25% of it 224-352 px, the median object 37-59 px (in the band), the long side at most 512 (352 x 4/3 =
+    # 469): every step of 32 from 224 to 352, 288 last (torchvision tests at the last one)
+    one = values(choose_recipe(stats(), CPU))
+    r = choose_recipe(stats(), CPU, current={"recipe.multi_scale": True})
+    v = values(r)
+    assert one["model.net.min_size"] == 288
+    assert v["model.net.min_size"] == [224, 256, 320, 352, 288]
+    assert v["model.net.max_size"] == 480  # for the largest: 352 x 4/3 = 469 -> 480
+    assert v["model.net.anchor_sizes"] == one["model.net.anchor_sizes"]  # anchors at the test scale
+    assert "multi-scale (recipe.multi_scale=true)" in r.text() and "tested at 288" in r.text()
+    # the synthetic set: 160 px would put the median object at 23 px, below the band; 256 is beyond 25%
+    v = values(
+        choose_recipe(
+            stats(size=(192, 192), objects=(14, 21, 28, 38, 49)), CPU, current={"recipe.multi_scale": True}
+        )
+    )
+    assert v["model.net.min_size"] == [224, 192]
+    # native-size training has no scale to vary: said, and nothing changes
+    s = stats(size=(3000, 4000), objects=(20, 25, 30, 35, 45))
+    r = choose_recipe(s, CPU, current={"recipe.multi_scale": True})
+    assert values(r)["model.net.keep_size"] is True and "multi_scale=true not applied" in r.text()
+    # the user's own min_size wins over the flag
+    r = choose_recipe(stats(), CPU, overrides={"model.net.min_size": "model.net.min_size=320"},
+                      current={"recipe.multi_scale": True, "model.net.min_size": 320})  # fmt: skip
+    assert values(r)["model.net.min_size"] == 320
+
+
 def test_varied_image_sizes_with_small_objects_stay_native():
     # dsb2018-like: median image 256 px but some 1272 px, objects 0.046 of the short side: at the 2x upsampling
     # limit (512 px) the median object is 23.6 px, below the band, and resizing the 1272 px images to 512 would

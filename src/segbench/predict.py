@@ -141,7 +141,8 @@ class Predictor:
         if inst.scores is None or not len(inst):
             return inst
         if score_threshold is not None or not self.score_thresholds:
-            return inst.select(inst.scores >= lowest_kept_score((), score_threshold))
+            cut = DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold
+            return inst.select(inst.scores >= cut)
         cut = np.asarray(
             [self.score_thresholds.get(int(lbl), DEFAULT_SCORE_THRESHOLD) for lbl in inst.labels]
         )

@@ -68,6 +68,10 @@ CPU_IMAGE_CAP = 512
 GPU_IMAGE_CAP = 1333
 #: Image sides are multiples of the FPN's coarsest stride, so that no padding is wasted.
 SIZE_STEP = 32
+#: Multi-scale training (``recipe.multi_scale=true``): short sides ``S ± k x SIZE_STEP`` within this share of
+#: the chosen ``S`` (and with the median object still in ``OBJECT_BAND``, the long side within the cap); the
+#: model is tested at ``S`` (torchvision tests at the last ``min_size`` of the list).
+MULTI_SCALE_RANGE = 0.25
 #: Images whose long side exceeds the median one by more than this factor would be shrunk by that much more
 #: than the median image when every image is resized to one size: their objects' pixel size is not kept.
 SIZE_VARIATION = 2.0
@@ -171,6 +175,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "trainer.max_steps",
     "trainer.check_val_every_n_epoch",
     "trainer.val_check_interval",
+    "recipe.multi_scale",
 )
 
 
@@ -746,6 +751,10 @@ def choose_recipe(
     notes.append(_data_line(stats))
     lighten = 0 if gpu else max(0, min(int(lighten), MAX_LIGHTEN))
     scale = _rule_scale(b, stats, gpu=gpu, lighten=lighten)
+    if scale.native and b.get("recipe.multi_scale"):
+        notes.append(
+            "recipe.multi_scale=true not applied: native-size training (keep_size) has no scale to vary"
+        )
     _rule_anchors(b, stats, scale, notes)
     det = _rule_detections(b, stats)
     _rule_rpn(b, det)
@@ -926,13 +935,23 @@ def _rule_scale(b: _Builder, s: TrainStats, *, gpu: bool, lighten: int = 0) -> _
     b.set(
         "model.net.keep_size", False, "every image resized to one scale (torchvision's min_size / max_size)"
     )
-    short_set = b.set(
-        "model.net.min_size",
-        short,
+    chosen = (
         f"{why} -> {at(short):.0f} px at {short} ({short / s_med:.2f}x)"
         if rel is not None
-        else f"{why} ({short / s_med:.2f}x)",
+        else f"{why} ({short / s_med:.2f}x)"
     )
+    sizes = _multi_scale_sizes(short, rel, capped) if b.get("recipe.multi_scale") else [short]
+    if len(sizes) > 1:
+        objs = f", the median object {at(min(sizes)):.0f}-{at(max(sizes)):.0f} px" if rel is not None else ""
+        chosen += (
+            f"; multi-scale (recipe.multi_scale=true): a short side drawn per batch from {min(sizes)}-"
+            f"{max(sizes)} px (within {MULTI_SCALE_RANGE:.0%} of {short}{objs}, in the band), tested at {short}"
+        )
+    elif b.get("recipe.multi_scale"):
+        chosen += (
+            "; multi-scale (recipe.multi_scale=true): no other short side keeps the median object in the band"
+        )
+    short_set = b.set("model.net.min_size", sizes if len(sizes) > 1 else short, chosen)
     side = _size_of(short_set) or s_med
     longest = max(int(side), min(_floor_step(cap), _ceil_step(side * aspect)))
     long_set = b.set(
@@ -946,7 +965,35 @@ def _rule_scale(b: _Builder, s: TrainStats, *, gpu: bool, lighten: int = 0) -> _
     side = min(
         side, float(long_set or side * aspect) / aspect
     )  # torchvision: min(min_size/short, max_size/long)
-    return _Scale(False, side, None, (side, side * aspect))
+    test = _test_size(short_set) or side
+    test = min(test, float(long_set or test * aspect) / aspect)
+    # objects (anchors) at the test scale; a step costs the largest training scale
+    return _Scale(False, test, None, (side, side * aspect))
+
+
+def _multi_scale_sizes(short: int, rel: float | None, cap_short: float) -> list[int]:
+    """The short sides of multi-scale training around ``short`` (:data:`MULTI_SCALE_RANGE`), ``short`` last.
+
+    >>> _multi_scale_sizes(256, 0.18, 384.0), _multi_scale_sizes(192, 28 / 192, 512.0)
+    ([192, 224, 288, 320, 256], [224, 192])
+    """
+    lo, hi = OBJECT_BAND
+    out = []
+    for k in range(-8, 9):
+        z = short + k * SIZE_STEP
+        if k == 0 or z < SIZE_STEP or abs(z / short - 1) > MULTI_SCALE_RANGE + 1e-9 or z > cap_short + 1e-6:
+            continue
+        if rel is not None and not lo <= rel * z <= hi:
+            continue
+        out.append(z)
+    return [*out, short]
+
+
+def _test_size(value: Any) -> float | None:
+    """The short side torchvision tests at: ``min_size`` itself, or the last of a multi-scale list."""
+    if isinstance(value, list | tuple):
+        return float(value[-1]) if value else None
+    return None if value is None else float(value)
 
 
 def _rule_anchors(b: _Builder, s: TrainStats, scale: _Scale, notes: list[str]) -> None:

@@ -433,6 +433,16 @@ class CocoDataModule(pl.LightningDataModule):
             for i in self._train_positions()
         ]
         factors = repeat_factors(classes, self.repeat_factor_threshold)
+        if not (
+            factors > 1
+        ).any():  # no class is rarer than t: the plain shuffle, so the run equals one without
+            log.info(
+                "repeat-factor sampling (t=%g): every class is in at least that share of the %d train images; "
+                "no image is repeated, the plain shuffle is kept",
+                self.repeat_factor_threshold,
+                len(factors),
+            )
+            return None
         log.info(
             "repeat-factor sampling (t=%g): %d of %d train images repeated, %.0f draws an epoch",
             self.repeat_factor_threshold,
