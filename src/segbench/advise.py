@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 TrainOne = Callable[[list[int], Path], Mapping[str, Any]]
 UNITS = ("images", "objects")
 CHECKPOINTS = ("final", "best")
+#: A largest run that went over its train images fewer times than this was still limited by its training
+#: time: its curve tells what labels do at this budget, not what they would do with a longer one.
+FEW_PASSES = 3.0
 
 
 def check_fractions(fractions: Sequence[float] | float, *, minimum: int = 2) -> list[float]:
@@ -331,6 +334,11 @@ def advise(
                 "objects": n_obj,
                 "steps": result.get("global_step"),
                 "epochs": result.get("epochs"),
+                "passes": (
+                    None
+                    if result.get("images_seen") is None
+                    else float(result["images_seen"]) / max(len(indices), 1)
+                ),
                 "wall_seconds": float(wall),
                 "eval_seconds": eval_seconds,
                 "segm_mAP": metrics.get("segm_AP"),
@@ -366,6 +374,48 @@ def advise(
         m = p["measured"]
         r["segm_mAP_ci"] = None if m["ci_low"] is None else [m["ci_low"], m["ci_high"]]
     doc.update(analysis)
+    doc["verdict"] = verdict(doc)
     doc["status"] = "done"
     write_json(out / "advise.json", doc)
     return doc
+
+
+def verdict(doc: Mapping[str, Any]) -> dict:
+    """The answer to "will more labels help?" from an advice's prediction and runs: ``answer`` and ``text``.
+
+    ``more_labels_help`` when the paired interval of the gain at ``factor`` x the labels (the prediction minus
+    the largest run's score, on the same bootstrap resamples of the val images) is above zero; ``no_gain``
+    when it is below; ``not_detectable`` when it holds zero; ``unknown`` without intervals (``bootstrap=0``).
+    A largest run that went over its images fewer than :data:`FEW_PASSES` times adds that training time, not
+    labels, may be the limit. The interval is over the val images only: a run's seed adds noise it cannot see.
+
+    >>> verdict({"prediction": {"factor": 2.0, "gain": 0.05, "gain_ci": [0.01, 0.09]},
+    ...          "runs": [{"passes": 12.0}, {"passes": 2.8}], "budget_minutes": 5})["answer"]
+    'more_labels_help'
+    """
+    p = doc["prediction"]
+    runs = list(doc.get("runs") or [])
+    gain, ci, factor = float(p["gain"]), p.get("gain_ci"), float(p["factor"])
+    head = f"{factor:g}x the labels: {gain:+.3f} val segm mAP expected"
+    if ci is None:
+        answer, text = "unknown", f"{head} (no interval: bootstrap=0)"
+    elif ci[0] > 0:
+        answer = "more_labels_help"
+        text = f"label more: {head}, paired interval {ci[0]:+.3f} to {ci[1]:+.3f} (above zero)"
+    elif ci[1] < 0:
+        answer = "no_gain"
+        text = f"more labels are not expected to help: {head}, paired interval {ci[0]:+.3f} to {ci[1]:+.3f} (below zero)"
+    else:
+        answer = "not_detectable"
+        text = (
+            f"{head}, paired interval {ci[0]:+.3f} to {ci[1]:+.3f}: a gain this val set cannot tell from none"
+        )
+    passes = runs[-1].get("passes") if runs else None
+    if passes is not None and passes < FEW_PASSES:
+        budget = doc.get("budget_minutes")
+        within = f" in its {budget:g} minutes" if isinstance(budget, int | float) else ""
+        text += (
+            f"; the largest run went over its images {passes:.1f} times{within}: training time, not labels, may "
+            "be what limits it (a longer budget= tells)"
+        )
+    return {"answer": answer, "text": text, "gain": gain, "gain_ci": ci, "largest_run_passes": passes}

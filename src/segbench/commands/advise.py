@@ -80,6 +80,10 @@ def _make_train_one(cfg: DictConfig, *, n_train: int, budget_s: float, scale_epo
             evaluate_best=False,  # advise scores the run on the whole val split itself
             started=started,
         )
+        result.setdefault(
+            "images_seen",
+            int(result.get("global_step") or 0) * int(dm.batch_size) * int(trainer.accumulate_grad_batches),
+        )
         if not trainer.fast_dev_run:
             # the weights at the end of the budget, by the trainer's own writer (without the optimizer state)
             final = run_dir / "checkpoints" / "final.ckpt"
@@ -189,6 +193,8 @@ def summary_lines(doc: dict) -> list[str]:
         f"{_fmt(p['mAP'])}{ci}, "
         f"{p['gain']:+.3f} over the largest run"
     )
+    if doc.get("verdict"):
+        lines.append(f"verdict: {doc['verdict']['text']}")
     hc = doc.get("holdout_check") or {}
     if "skipped" in hc:
         lines.append(f"hold-out check skipped: {hc['skipped']}")

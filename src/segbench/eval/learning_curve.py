@@ -240,6 +240,8 @@ class CurveBootstrap:
         One row per resample whose fit succeeded.
     resamples, failed : int
         Resamples given; resamples left out (a missing score, or the model could not be fitted).
+    kept : array (used,)
+        The index of each row's resample in ``y_resamples`` (to pair a prediction with that resample's scores).
     """
 
     at: np.ndarray
@@ -247,6 +249,7 @@ class CurveBootstrap:
     resamples: int
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def interval(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the predictions at each ``at`` (NaN where no resample was usable)."""
@@ -287,19 +290,22 @@ def bootstrap_curve(
     ys = np.asarray(y_resamples, np.float64)
     if ys.ndim != 2 or ys.shape[1] != n.size:
         raise ValueError(f"y_resamples must have shape (resamples, {n.size}), got {ys.shape}")
-    rows, failed, errors = [], 0, []
-    for y in ys:
+    rows, kept, failed, errors = [], [], 0, []
+    for i, y in enumerate(ys):
         if not np.all(np.isfinite(y)):
             failed += 1
             continue
         try:
             rows.append(_bounded(fit_learning_curve(n, y, model=model, a_max=a_max), at, a_max))
+            kept.append(i)
         except (RuntimeError, ValueError) as e:
             failed += 1
             if len(errors) < 3:
                 errors.append(str(e))
     preds = np.asarray(rows, np.float64).reshape(len(rows), at.size)
-    return CurveBootstrap(at, preds, resamples=int(ys.shape[0]), failed=failed, errors=errors)
+    return CurveBootstrap(
+        at, preds, resamples=int(ys.shape[0]), failed=failed, errors=errors, kept=np.asarray(kept, np.int64)
+    )
 
 
 def _interval_dict(value: float, lo: float, hi: float) -> dict:
@@ -404,7 +410,8 @@ def analyse_learning_curve(
     dict
         ``fit`` (:meth:`CurveFit.to_dict`), ``points`` (each ``n``, measured ``mAP`` with its interval,
         ``predicted`` by the fit with its interval), ``prediction`` (at ``factor * max(n)``: ``n``,
-        ``factor``, ``mAP``, ``ci_low``, ``ci_high``, ``gain`` over the largest measured point),
+        ``factor``, ``mAP``, ``ci_low``, ``ci_high``, ``gain`` over the largest measured point and
+        ``gain_ci``, its paired interval: prediction minus that point's score on each resample),
         ``curve`` (``n``, ``mAP``, ``ci_low``, ``ci_high`` lists on the grid), ``bootstrap``
         (``resamples``, ``used``, ``confidence``) and ``holdout_check`` (see :func:`holdout_check`; a dict
         with ``skipped`` when there are fewer than 3 points).
@@ -425,9 +432,12 @@ def analyse_learning_curve(
     lo = hi = np.full(at.shape, np.nan)
     used, failed = 0, 0
     m_lo = m_hi = np.full(n.shape, np.nan)
+    g_lo = g_hi = np.nan
     if ys is not None:
         boot = bootstrap_curve(n, ys, model=fit.model, at=at, a_max=a_max)
         lo, hi = boot.interval(confidence)
+        if boot.kept.size:  # paired: the prediction and the largest run's score on the same resample
+            g_lo, g_hi = _percentiles(boot.predictions[:, n.size] - ys[boot.kept, -1], confidence)
         used, failed = int(boot.predictions.shape[0]), boot.failed
         if boot.errors:
             log.info("%d bootstrap refits failed, e.g. %s", boot.failed, boot.errors[0])
@@ -447,7 +457,13 @@ def analyse_learning_curve(
     out = {
         "fit": fit.to_dict(),
         "points": points,
-        "prediction": {"n": target, "factor": float(factor), **pred, "gain": float(point[k] - y[-1])},
+        "prediction": {
+            "n": target,
+            "factor": float(factor),
+            **pred,
+            "gain": float(point[k] - y[-1]),
+            "gain_ci": None if not np.isfinite(g_lo) else [float(g_lo), float(g_hi)],
+        },
         "curve": {
             "n": curve_n.tolist(),
             "mAP": point[k + 1 :].tolist(),
