@@ -273,6 +273,11 @@ def test_epochs_count_passes_over_the_whole_split():
     assert _scaled_epochs(tr, 1.0) == {"max_epochs": 20, "check_val_every_n_epoch": 1}
     tr.limit_train_batches = 2  # epochs of 2 batches whatever the subset: nothing to scale
     assert _scaled_epochs(tr, 0.25) == {}
+    # validation by the clock (the auto recipe): every run validates as often, whatever its epochs' length
+    tr.limit_train_batches, tr.val_check_interval = None, "00:00:01:30"
+    assert _scaled_epochs(tr, 0.25) == {"max_epochs": 80}
+    tr.val_check_interval = {"minutes": 1.5}
+    assert _scaled_epochs(tr, 0.25) == {"max_epochs": 80}
 
 
 # --- the command ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -33,12 +34,18 @@ _ADVISE_KEYS = ("fractions", "unit", "checkpoint", "factor", "scale_epochs", "bo
 def _scaled_epochs(trainer: DictConfig, fraction: float) -> dict:
     """``max_epochs`` and ``check_val_every_n_epoch`` of a run on ``fraction`` of the train split, counted in
     passes over the whole split (unset or non-positive values are kept; nothing changes when
-    ``limit_train_batches`` fixes the batches of an epoch)."""
+    ``limit_train_batches`` fixes the batches of an epoch; ``check_val_every_n_epoch`` is kept when
+    ``val_check_interval`` is a clock interval, ``"DD:HH:MM:SS"`` or a dict)."""
     out: dict = {}
     batches = trainer.get("limit_train_batches")
     if isinstance(batches, int) and not isinstance(batches, bool):
         return out  # epochs of a fixed number of batches: as long on every subset, nothing to scale
-    for key in ("max_epochs", "check_val_every_n_epoch"):
+    keys = ["max_epochs", "check_val_every_n_epoch"]
+    if isinstance(trainer.get("val_check_interval"), str | Mapping):
+        # validation by the clock (the auto recipe): already the same in every run, whatever an epoch's
+        # length; scaled, a small subset's run would validate only every few epochs and train longer
+        keys.remove("check_val_every_n_epoch")
+    for key in keys:
         v = trainer.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             out[key] = max(1, math.ceil(v / fraction)) if key == "max_epochs" else max(1, round(v / fraction))
