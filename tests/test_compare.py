@@ -262,6 +262,52 @@ def test_resample_renumbers_images_and_keeps_the_score_of_the_full_set():
     assert coco_evaluate(gt2, res2)["AP"] == pytest.approx(1.0)
 
 
+def _random_two_class_evaluator(seed: int, images: int = 9) -> Evaluator:
+    """Squares of two classes at random places, detections near them (shifted, some of the wrong class,
+    random scores), an image without objects and one without detections."""
+    rng = np.random.default_rng(seed)
+    ev = Evaluator([{"id": 3, "name": "a"}, {"id": 7, "name": "b"}], label_to_cat_id={1: 3, 2: 7})
+    for k in range(images):
+        n_gt = 0 if k == 0 else int(rng.integers(1, 5))
+        gt = np.zeros((n_gt, 48, 48), bool)
+        dt = np.zeros((n_gt + 1, 48, 48), bool)
+        for j in range(n_gt):
+            y, x, w = (int(v) for v in rng.integers(0, 30, 3) % 30)
+            w = 6 + w % 10
+            gt[j, y : y + w, x : x + w] = True
+            d = int(rng.integers(0, 4))
+            dt[j, y + d : y + w + d, x : x + w] = True
+        dt[n_gt, 40:46, 0:6] = True  # a false positive on every image
+        labels = rng.integers(1, 3, n_gt)
+        pred_labels = np.concatenate([np.where(rng.random(n_gt) < 0.2, 3 - labels, labels), [1]])
+        pred = Instances.from_masks(dt, labels=pred_labels, scores=rng.random(n_gt + 1))
+        if k == 1:
+            pred = Instances.empty((48, 48), with_scores=True)
+        ev.update(Instances.from_masks(gt, labels=labels), pred, image_id=100 - k)  # ids not in list order
+    return ev
+
+
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_resampled_ap_equals_scoring_a_copy_of_the_resample(class_agnostic):
+    from segbench.eval.metrics import ResampledAP
+
+    ev = _random_two_class_evaluator(5)
+    gt, rs = ev.gt_dataset(), ev.results
+    score = ResampledAP(gt, rs, class_agnostic=class_agnostic)
+    full = coco_evaluate(gt, rs, class_agnostic=class_agnostic, backend="pycocotools")
+    assert score.full["AP"] == full["AP"] and 0 < full["AP"] < 1
+    rng = np.random.default_rng(0)
+    draws = [rng.integers(0, 9, 9) for _ in range(6)] + [np.array([0, 0, 1]), np.array([4, 4, 4, 4])]
+    for idx in draws:  # repeats, an image without objects, one without detections
+        got = score(idx)
+        g, (r,) = resample_coco(gt, [rs], idx)
+        want = coco_evaluate(g, r, class_agnostic=class_agnostic, backend="pycocotools")
+        assert got["AP"] == want["AP"]  # the same accumulation: equal, not close
+        if not class_agnostic:
+            assert got["per_class_AP"] == want["per_class_AP"]
+    assert score([0, 0])["AP"] is None  # no object drawn: nothing to score, as COCO's -1
+
+
 def test_pick_images_best_median_worst():
     ev = _square_evaluator([1, 2, 0, 1, 2])
     picks = pick_images(MethodResult("m", "baseline", {}, ev), 3)

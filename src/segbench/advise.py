@@ -9,7 +9,7 @@ the training recipe on given train images, in a given folder — and calls :func
 * Each run is scored on the whole val split by :func:`segbench.training.evaluate_checkpoint`, the final
   evaluation of ``segbench train``, which also writes its COCO results.
 * :func:`bootstrap_scores` resamples the val images (the same draw for every run) and rescores each
-  run's results with :func:`~segbench.eval.metrics.coco_evaluate`; the curve maths (fit, refit per
+  run's results (:class:`~segbench.eval.metrics.ResampledAP`: COCO AP without matching again); the curve maths (fit, refit per
   resample, intervals, hold-out check) is :mod:`segbench.eval.learning_curve`.
 """
 
@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from segbench.data.coco import CocoDataset
-from segbench.eval.compare import resample_coco
 from segbench.eval.learning_curve import analyse_learning_curve
-from segbench.eval.metrics import Evaluator, coco_evaluate
+from segbench.eval.metrics import Evaluator, ResampledAP, coco_evaluate
 from segbench.io import read_json, write_json
 from segbench.training import evaluate_checkpoint
 from segbench.types import Instances, SegbenchError
@@ -144,8 +143,9 @@ def bootstrap_scores(
 ) -> np.ndarray:
     """Paired bootstrap of the segm mAP of several result lists on the same ground truth.
 
-    Each resample draws the images of ``gt`` with replacement (:func:`~segbench.eval.compare.resample_coco`),
-    the same draw for every result list, and scores every list on it.
+    Each resample draws the images of ``gt`` with replacement, the same draw for every result list, and
+    scores every list on it (:class:`~segbench.eval.metrics.ResampledAP`: the numbers of scoring a copy of
+    the resample, :func:`~segbench.eval.compare.resample_coco`, without matching the images again).
 
     Returns
     -------
@@ -160,11 +160,13 @@ def bootstrap_scores(
     rng = np.random.default_rng(int(seed))
     out = np.full((n_resamples, len(results)), np.nan)
     t0 = time.perf_counter()
+    scorers = [
+        ResampledAP(gt, list(rs), iou_type="segm", max_dets=max_dets) for rs in results
+    ]  # matched once
     for r in range(n_resamples):
         idx = rng.integers(0, n, size=n)
-        gt_r, res_r = resample_coco(gt, results, idx)
-        for k, rs in enumerate(res_r):
-            ap = segm_map(gt_r, rs, max_dets=max_dets)
+        for k, score in enumerate(scorers):
+            ap = score(idx)["AP"]
             out[r, k] = np.nan if ap is None else ap
         if r == 0 or (r + 1) % 50 == 0:
             log.info("bootstrap: %d / %d resamples (%.0f s)", r + 1, n_resamples, time.perf_counter() - t0)

@@ -10,7 +10,7 @@ scores through :func:`~segbench.eval.metrics.match_image`); this module only dec
   (:func:`score_warnings`), precision-recall curves (:func:`method_pr_curves`), the images worth looking
   at (:func:`pick_images`);
 * a paired bootstrap over images of the difference in class-agnostic segm AP and in F1 between two
-  methods (:func:`bootstrap_difference`), every resample scored by :func:`~segbench.eval.metrics.coco_evaluate`.
+  methods (:func:`bootstrap_difference`), every resample scored by :class:`~segbench.eval.metrics.ResampledAP`.
 
 :func:`compare_methods` runs all of it. It takes ready segmenters, so it never imports torch: the command
 (:mod:`segbench.report.cli_compare`) loads the model.
@@ -37,7 +37,7 @@ from segbench.data.coco import CocoDataset
 from segbench.eval.analysis import analyse, find_label_errors, per_image_table
 from segbench.eval.metrics import (
     Evaluator,
-    coco_evaluate,
+    ResampledAP,
     f1_scorer,
     pr_curve,
     segm_ap_scorer,
@@ -504,14 +504,14 @@ def bootstrap_difference(
     seed: int = 0,
     confidence: float = 0.95,
     max_dets: int | None = None,
-    backend: str = "faster_coco_eval",
     per_class: bool = False,
 ) -> dict:
     """Paired bootstrap over images of ``a`` minus ``b``: class-agnostic segm AP and F1 at IoU 0.5 (and,
     with ``per_class``, each class's segm AP).
 
     Each resample draws the images with replacement (the same draw for both methods), scores both with
-    :func:`coco_evaluate` (AP) and :func:`summarize_matches` (F1), and records the difference; the
+    :class:`~segbench.eval.metrics.ResampledAP` (COCO AP, the numbers of :func:`~segbench.eval.metrics.coco_evaluate` on a copy of
+    the resample, without matching again) and :func:`summarize_matches` (F1), and records the difference; the
     interval is the percentile interval of those differences. Resamples without any ground-truth object
     (no AP) are left out of the AP interval.
 
@@ -542,23 +542,19 @@ def bootstrap_difference(
     ap_diffs: list[float] = []
     f1_diffs: list[float] = []
     class_diffs: dict[str, list[float]] = {}
+    # each method matched once; a resample only re-accumulates (the numbers of rescoring a copy of it)
+    agn = [ResampledAP(gt, m.evaluator.results, max_dets=max_dets, class_agnostic=True) for m in (a, b)]
+    cls = [ResampledAP(gt, m.evaluator.results, max_dets=max_dets) for m in (a, b)] if per_class else None
     for _ in range(n_resamples):
         idx = rng.integers(0, n, size=n)
-        gt_k, (ra, rb) = resample_coco(gt, [a.evaluator.results, b.evaluator.results], idx)
-        ap_a = coco_evaluate(
-            gt_k, ra, iou_type="segm", max_dets=max_dets, class_agnostic=True, backend=backend
-        )
-        ap_b = coco_evaluate(
-            gt_k, rb, iou_type="segm", max_dets=max_dets, class_agnostic=True, backend=backend
-        )
+        ap_a, ap_b = agn[0](idx), agn[1](idx)
         if ap_a["AP"] is not None and ap_b["AP"] is not None:
             ap_diffs.append(ap_a["AP"] - ap_b["AP"])
         f1_a = summarize_matches([ma[i] for i in idx])["f1"]
         f1_b = summarize_matches([mb[i] for i in idx])["f1"]
         f1_diffs.append(f1_a - f1_b)
-        if per_class:
-            pa = coco_evaluate(gt_k, ra, iou_type="segm", max_dets=max_dets, backend=backend)["per_class_AP"]
-            pb = coco_evaluate(gt_k, rb, iou_type="segm", max_dets=max_dets, backend=backend)["per_class_AP"]
+        if cls is not None:
+            pa, pb = cls[0](idx)["per_class_AP"], cls[1](idx)["per_class_AP"]
             for c in pa:
                 if pa[c] is not None and pb.get(c) is not None:
                     class_diffs.setdefault(c, []).append(pa[c] - pb[c])

@@ -649,6 +649,81 @@ def _accumulated_eval(
     return E, cap, truncated
 
 
+class ResampledAP:
+    """COCO AP of bootstrap resamples of the images, each resample without matching the images again.
+
+    COCO's matching is per image (``COCOeval.evaluate``: an image's detections meet only that image's
+    objects), so a resample drawn image by image — repeats allowed — has the same per-image matches as the
+    full split. pycocotools' evaluator matches the full split once here and, per resample, only its own
+    ``accumulate`` runs, on the drawn images' matches in the drawn order (area ``all``, the one detections
+    cap): the numbers equal scoring a copy of the resample (:func:`segbench.eval.compare.resample_coco`) with
+    :func:`coco_evaluate` (``backend="pycocotools"``), at a fraction of the cost (no IoU is computed
+    again). Written here because neither COCO API scores resamples; the accumulation itself is theirs.
+
+    Parameters
+    ----------
+    gt, results, iou_type, max_dets, class_agnostic
+        As :func:`coco_evaluate` (``segm`` or ``bbox``: pycocotools has no boundary IoU).
+    """
+
+    def __init__(
+        self,
+        gt: dict,
+        results: Sequence[dict],
+        *,
+        iou_type: str = "segm",
+        max_dets: int | None = None,
+        class_agnostic: bool = False,
+    ) -> None:
+        if iou_type not in ("segm", "bbox"):
+            raise ValueError(f"ResampledAP scores segm or bbox, got {iou_type!r}")
+        E, cap, _ = _accumulated_eval(
+            gt,
+            results,
+            iou_type=iou_type,
+            max_dets=max_dets,
+            class_agnostic=class_agnostic,
+            backend="pycocotools",
+        )
+        p = E.params
+        self.cap = cap
+        self.class_agnostic = class_agnostic
+        names = {c["id"]: c.get("name", str(c["id"])) for c in gt.get("categories", [])}
+        self.class_names = [] if class_agnostic else [names.get(c, str(c)) for c in p.catIds]
+        column = {img_id: i for i, img_id in enumerate(p.imgIds)}  # evaluate sorts the image ids
+        self._column = np.asarray([column[im["id"]] for im in gt["images"]], np.int64)
+        k, a, i = (
+            (len(p.catIds) if p.useCats else 1),
+            len(p.areaRng),
+            len(p.imgIds),
+        )  # agnostic: one class, -1
+        cells = np.empty(k * a * i, dtype=object)
+        cells[:] = E.evalImgs
+        self._cells = cells.reshape(k, a, i)[:, p.areaRngLbl.index("all")]  # (classes, images)
+        self._eval = E
+        self.full = _read_stats(E, iou_type, None if class_agnostic else names)
+
+    def __call__(self, indices: Sequence[int]) -> dict:
+        """``AP`` (and, class-aware, ``per_class_AP``) of the resample whose ``k``-th image is
+        ``gt["images"][indices[k]]``; ``None`` where there is nothing to score (COCO's -1)."""
+        import copy
+
+        cols = self._column[np.asarray(indices, np.int64)]
+        E = copy.copy(self._eval)  # shallow: accumulate reads evalImgs and the params, writes E.eval
+        pe = copy.copy(self._eval._paramsEval)
+        pe.imgIds = list(range(len(cols)))
+        pe.areaRng, pe.areaRngLbl, pe.maxDets = [pe.areaRng[pe.areaRngLbl.index("all")]], ["all"], [self.cap]
+        E._paramsEval = E.params = pe
+        E.evalImgs = self._cells[:, cols].reshape(-1).tolist()
+        with contextlib.redirect_stdout(io.StringIO()):
+            E.accumulate()
+        prec = np.asarray(E.eval["precision"])[:, :, :, 0, 0]  # [T, R, K]
+        out: dict = {"AP": _mean_valid(prec)}
+        if not self.class_agnostic:
+            out["per_class_AP"] = {n: _mean_valid(prec[:, :, k]) for k, n in enumerate(self.class_names)}
+        return out
+
+
 def pr_curve(
     gt: dict,
     results: Sequence[dict],
