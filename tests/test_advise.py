@@ -152,24 +152,38 @@ def test_analyse_predicts_at_twice_the_labels():
     two = analyse_learning_curve(n[:2], y[:2])
     assert two["fit"]["model"] == "log_linear" and "skipped" in two["holdout_check"]
     assert two["prediction"]["ci_low"] is None  # no resamples, no interval
-    assert two["prediction"]["gain_ci"] is None
+    assert two["prediction"]["curve_gain_ci"] is None
 
 
-def test_the_gain_interval_is_paired():
-    # every resample shifts all three scores by the same amount: a log-linear curve shifted by d predicts
-    # (its value + d) at 2x, so the prediction minus the largest run's score is the same on every resample:
-    # the paired interval is a point, while the prediction's own interval is as wide as the shifts
+def test_the_curve_gain_and_its_interval():
+    # every resample shifts all three scores by the same amount: the refitted curve shifts by it too, so the
+    # curve's own gain from 400 to 800 labels is the same on every resample (its interval is a point), while
+    # the prediction's own interval is as wide as the shifts
     n = np.array([100.0, 200, 400])
     y = 0.2 + 0.05 * np.log(n)
     shifts = np.linspace(-0.05, 0.05, 41)[:, None]
     out = analyse_learning_curve(n, y, y + shifts)
     pred = out["prediction"]
-    assert out["fit"]["model"] == "power_law" or out["fit"]["model"] == "log_linear"
-    gain = pred["gain"]
-    assert pred["gain_ci"][0] == pytest.approx(gain, abs=2e-3) and pred["gain_ci"][1] == pytest.approx(
-        gain, abs=2e-3
-    )
+    # the true curve gains 0.05 log 2 = 0.035 at 2x; the bounded power law fitted to its 3 points is close
+    assert pred["curve_gain"] == pytest.approx(0.05 * np.log(2), rel=0.15)
+    assert pred["curve_gain_ci"][0] == pytest.approx(pred["curve_gain"], abs=2e-3)
+    assert pred["curve_gain_ci"][1] == pytest.approx(pred["curve_gain"], abs=2e-3)
     assert pred["ci_high"] - pred["ci_low"] > 0.08
+    # a flat curve whose largest run scored low: the gain over that measured value is large, the curve's is 0
+    flat = analyse_learning_curve(n, np.array([0.19, 0.18, 0.13]), None)["prediction"]
+    assert flat["gain"] > 0.02 and abs(flat["curve_gain"]) < flat["gain"]
+
+
+def _doc(ci, *, passes=8.0, holdout=True):
+    return {
+        "prediction": {"factor": 2.0, "curve_gain": 0.05, "curve_gain_ci": ci},
+        "runs": [{"passes": 12.0}, {"passes": passes}],
+        "holdout_check": {
+            "within_interval": holdout,
+            "predicted": {"mAP": 0.178},
+            "measured": {"mAP": 0.127},
+        },
+    }
 
 
 @pytest.mark.parametrize(
@@ -177,18 +191,22 @@ def test_the_gain_interval_is_paired():
     [([0.01, 0.09], "more_labels_help"), ([-0.09, -0.01], "no_gain"), ([-0.03, 0.05], "not_detectable"),
      (None, "unknown")],
 )  # fmt: skip
-def test_the_verdict_reads_the_paired_interval(gain_ci, answer):
+def test_the_verdict_reads_the_curves_gain_interval(gain_ci, answer):
     from segbench.advise import verdict
 
-    doc = {
-        "prediction": {"factor": 2.0, "gain": 0.05, "gain_ci": gain_ci},
-        "runs": [{"passes": 12.0}, {"passes": 8.0}],
-    }
-    v = verdict(doc)
-    assert v["answer"] == answer and "2x the labels: +0.050" in v["text"]
+    v = verdict(_doc(gain_ci))
+    assert v["answer"] == answer and "2x the labels: +0.050 val segm mAP by the curve" in v["text"]
     assert "training time" not in v["text"]  # 8 passes over its images: not time-limited
-    doc["runs"][-1]["passes"], doc["budget_minutes"] = 2.8, 5
+    doc = {**_doc(gain_ci, passes=2.8), "budget_minutes": 5}
     assert "went over its images 2.8 times in its 5 minutes" in verdict(doc)["text"]
+
+
+def test_a_curve_that_fails_its_holdout_check_is_not_extrapolated():
+    from segbench.advise import verdict
+
+    v = verdict(_doc([0.01, 0.09], holdout=False))  # whatever the gain's interval says
+    assert v["answer"] == "unreliable"
+    assert "predicts 0.178 for it, measured 0.127" in v["text"]
 
 
 # --- subsets ----------------------------------------------------------------------------------------
@@ -328,7 +346,7 @@ def test_advise_end_to_end(synth_root, tmp_path, capsys, caplog):
     png = (out / "learning_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "expected val segm mAP with 2x the labels (48 images)" in text and "hold-out check" in text
-    assert doc["verdict"]["answer"] in ("more_labels_help", "no_gain", "not_detectable")
+    assert doc["verdict"]["answer"] in ("more_labels_help", "no_gain", "not_detectable", "unreliable")
     assert f"verdict: {doc['verdict']['text']}" in text
     assert runs[-1]["passes"] == pytest.approx(2 * 2 / 24)  # 2 steps of TINY's 2 images over 24 images
     assert "recomputed" not in caplog.text  # the bootstrap rescored exactly what the evaluation scored

@@ -383,35 +383,47 @@ def advise(
 
 
 def verdict(doc: Mapping[str, Any]) -> dict:
-    """The answer to "will more labels help?" from an advice's prediction and runs: ``answer`` and ``text``.
+    """The answer to "will more labels help?" from an advice's curve, hold-out check and runs: ``answer``
+    and ``text``.
 
-    ``more_labels_help`` when the paired interval of the gain at ``factor`` x the labels (the prediction minus
-    the largest run's score, on the same bootstrap resamples of the val images) is above zero; ``no_gain``
-    when it is below; ``not_detectable`` when it holds zero; ``unknown`` without intervals (``bootstrap=0``).
-    A largest run that went over its images fewer than :data:`FEW_PASSES` times adds that training time, not
-    labels, may be the limit. The interval is over the val images only: a run's seed adds noise it cannot see.
+    ``unreliable`` when the hold-out check failed (the curve fitted without the largest run does not predict
+    it: these runs do not follow one curve, and no extrapolation is to be trusted); else, from the interval
+    of the curve's own gain (the refitted curve at ``factor`` x the labels minus the same curve at today's
+    labels, over the bootstrap resamples of the val images): ``more_labels_help`` when it is above zero,
+    ``no_gain`` when below, ``not_detectable`` when it holds zero; ``unknown`` without intervals
+    (``bootstrap=0``). A largest run that went over its images fewer than :data:`FEW_PASSES` times adds that
+    training time, not labels, may be the limit. The intervals are over the val images only: a run's seed
+    adds noise they cannot see.
 
-    >>> verdict({"prediction": {"factor": 2.0, "gain": 0.05, "gain_ci": [0.01, 0.09]},
-    ...          "runs": [{"passes": 12.0}, {"passes": 2.8}], "budget_minutes": 5})["answer"]
+    >>> verdict({"prediction": {"factor": 2.0, "curve_gain": 0.05, "curve_gain_ci": [0.01, 0.09]},
+    ...          "runs": [{"passes": 12.0}, {"passes": 8.0}], "holdout_check": {"within_interval": True}})["answer"]
     'more_labels_help'
     """
     p = doc["prediction"]
     runs = list(doc.get("runs") or [])
-    gain, ci, factor = float(p["gain"]), p.get("gain_ci"), float(p["factor"])
-    head = f"{factor:g}x the labels: {gain:+.3f} val segm mAP expected"
-    if ci is None:
+    factor = float(p["factor"])
+    gain = p.get("curve_gain")
+    ci = p.get("curve_gain_ci")
+    head = f"{factor:g}x the labels: {gain:+.3f} val segm mAP by the curve" if gain is not None else ""
+    hc = doc.get("holdout_check") or {}
+    if hc.get("within_interval") is False:
+        answer = "unreliable"
+        text = (
+            f"not to be extrapolated: fitted without the largest run, the curve predicts "
+            f"{hc['predicted']['mAP']:.3f} for it, measured {hc['measured']['mAP']:.3f} (outside its "
+            "interval): these runs do not follow one learning curve"
+        )
+    elif ci is None:
         answer, text = "unknown", f"{head} (no interval: bootstrap=0)"
     elif ci[0] > 0:
         answer = "more_labels_help"
-        text = f"label more: {head}, paired interval {ci[0]:+.3f} to {ci[1]:+.3f} (above zero)"
+        text = f"label more: {head}, interval {ci[0]:+.3f} to {ci[1]:+.3f} (above zero)"
     elif ci[1] < 0:
         answer = "no_gain"
-        text = f"more labels are not expected to help: {head}, paired interval {ci[0]:+.3f} to {ci[1]:+.3f} (below zero)"
+        text = f"more labels are not expected to help: {head}, interval {ci[0]:+.3f} to {ci[1]:+.3f} (below zero)"
     else:
         answer = "not_detectable"
-        text = (
-            f"{head}, paired interval {ci[0]:+.3f} to {ci[1]:+.3f}: a gain this val set cannot tell from none"
-        )
+        text = f"{head}, interval {ci[0]:+.3f} to {ci[1]:+.3f}: a gain this val set cannot tell from none"
     passes = runs[-1].get("passes") if runs else None
     if passes is not None and passes < FEW_PASSES:
         budget = doc.get("budget_minutes")
@@ -420,4 +432,10 @@ def verdict(doc: Mapping[str, Any]) -> dict:
             f"; the largest run went over its images {passes:.1f} times{within}: training time, not labels, may "
             "be what limits it (a longer budget= tells)"
         )
-    return {"answer": answer, "text": text, "gain": gain, "gain_ci": ci, "largest_run_passes": passes}
+    return {
+        "answer": answer,
+        "text": text,
+        "curve_gain": gain,
+        "curve_gain_ci": ci,
+        "largest_run_passes": passes,
+    }

@@ -198,7 +198,12 @@ def summary_lines(doc: dict) -> list[str]:
     lines.append(
         f"expected val segm mAP with {p['factor']:g}x the labels ({p['n']:.0f} {unit}): "
         f"{_fmt(p['mAP'])}{ci}, "
-        f"{p['gain']:+.3f} over the largest run"
+        + (
+            f"{p['curve_gain']:+.3f} over the curve at the largest run, "
+            if p.get("curve_gain") is not None
+            else ""
+        )
+        + f"{p['gain']:+.3f} over its measured value"
     )
     if doc.get("verdict"):
         lines.append(f"verdict: {doc['verdict']['text']}")

@@ -410,8 +410,9 @@ def analyse_learning_curve(
     dict
         ``fit`` (:meth:`CurveFit.to_dict`), ``points`` (each ``n``, measured ``mAP`` with its interval,
         ``predicted`` by the fit with its interval), ``prediction`` (at ``factor * max(n)``: ``n``,
-        ``factor``, ``mAP``, ``ci_low``, ``ci_high``, ``gain`` over the largest measured point and
-        ``gain_ci``, its paired interval: prediction minus that point's score on each resample),
+        ``factor``, ``mAP``, ``ci_low``, ``ci_high``, ``gain`` over the largest measured point, and
+        ``curve_gain``: the curve at ``factor * max(n)`` minus the curve at ``max(n)``, what the labels add
+        by the curve, with ``curve_gain_ci``, its interval over the refits of the resamples),
         ``curve`` (``n``, ``mAP``, ``ci_low``, ``ci_high`` lists on the grid), ``bootstrap``
         (``resamples``, ``used``, ``confidence``) and ``holdout_check`` (see :func:`holdout_check`; a dict
         with ``skipped`` when there are fewer than 3 points).
@@ -436,8 +437,10 @@ def analyse_learning_curve(
     if ys is not None:
         boot = bootstrap_curve(n, ys, model=fit.model, at=at, a_max=a_max)
         lo, hi = boot.interval(confidence)
-        if boot.kept.size:  # paired: the prediction and the largest run's score on the same resample
-            g_lo, g_hi = _percentiles(boot.predictions[:, n.size] - ys[boot.kept, -1], confidence)
+        if boot.predictions.shape[0]:  # the curve's own gain from the largest run to factor x its labels
+            g_lo, g_hi = _percentiles(
+                boot.predictions[:, n.size] - boot.predictions[:, n.size - 1], confidence
+            )
         used, failed = int(boot.predictions.shape[0]), boot.failed
         if boot.errors:
             log.info("%d bootstrap refits failed, e.g. %s", boot.failed, boot.errors[0])
@@ -462,7 +465,8 @@ def analyse_learning_curve(
             "factor": float(factor),
             **pred,
             "gain": float(point[k] - y[-1]),
-            "gain_ci": None if not np.isfinite(g_lo) else [float(g_lo), float(g_hi)],
+            "curve_gain": float(point[k] - point[k - 1]),
+            "curve_gain_ci": None if not np.isfinite(g_lo) else [float(g_lo), float(g_hi)],
         },
         "curve": {
             "n": curve_n.tolist(),
