@@ -240,8 +240,6 @@ class CurveBootstrap:
         One row per resample whose fit succeeded.
     resamples, failed : int
         Resamples given; resamples left out (a missing score, or the model could not be fitted).
-    kept : array (used,)
-        The index of each row's resample in ``y_resamples`` (to pair a prediction with that resample's scores).
     """
 
     at: np.ndarray
@@ -249,7 +247,6 @@ class CurveBootstrap:
     resamples: int
     failed: int = 0
     errors: list[str] = field(default_factory=list)
-    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def interval(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the predictions at each ``at`` (NaN where no resample was usable)."""
@@ -290,22 +287,19 @@ def bootstrap_curve(
     ys = np.asarray(y_resamples, np.float64)
     if ys.ndim != 2 or ys.shape[1] != n.size:
         raise ValueError(f"y_resamples must have shape (resamples, {n.size}), got {ys.shape}")
-    rows, kept, failed, errors = [], [], 0, []
-    for i, y in enumerate(ys):
+    rows, failed, errors = [], 0, []
+    for y in ys:
         if not np.all(np.isfinite(y)):
             failed += 1
             continue
         try:
             rows.append(_bounded(fit_learning_curve(n, y, model=model, a_max=a_max), at, a_max))
-            kept.append(i)
         except (RuntimeError, ValueError) as e:
             failed += 1
             if len(errors) < 3:
                 errors.append(str(e))
     preds = np.asarray(rows, np.float64).reshape(len(rows), at.size)
-    return CurveBootstrap(
-        at, preds, resamples=int(ys.shape[0]), failed=failed, errors=errors, kept=np.asarray(kept, np.int64)
-    )
+    return CurveBootstrap(at, preds, resamples=int(ys.shape[0]), failed=failed, errors=errors)
 
 
 def _interval_dict(value: float, lo: float, hi: float) -> dict:
