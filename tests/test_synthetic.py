@@ -66,3 +66,20 @@ def test_written_dataset_loads(tmp_path):
     if len(sample.instances):
         a = sample.instances.areas()
         assert (a > 0).all()
+
+
+def test_class_probs_make_a_rare_class_and_leave_the_default_unchanged():
+    import pytest
+
+    uniform = [make_image(i, SynthConfig()) for i in range(4)]
+    same = [make_image(i, SynthConfig(class_probs=None)) for i in range(4)]
+    assert all((a[0] == b[0]).all() and (a[2] == b[2]).all() for a, b in zip(uniform, same, strict=True))
+    rare = SynthConfig(class_probs=(0.5, 0.5, 0.0))
+    seen = np.concatenate([make_image(i, rare)[2] for i in range(60)])
+    assert set(seen.tolist()) == {1, 2}  # a class of probability 0 never appears
+    skewed = SynthConfig(class_probs=(0.8, 0.15, 0.05))
+    labels = np.concatenate([make_image(i, skewed)[2] for i in range(150)])
+    share = np.bincount(labels, minlength=4)[1:] / len(labels)
+    assert share[0] > 0.6 and 0 < share[2] < 0.12
+    with pytest.raises(ValueError, match="class_probs must be 3 non-negative"):
+        generate("unused", class_probs=[0.5, 0.5])

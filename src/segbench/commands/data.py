@@ -21,7 +21,7 @@ def _splits(cfg: DictConfig) -> dict:
 def synth(cfg: DictConfig) -> int:
     """Write the embedded synthetic COCO dataset (train and val) to ``out``.
 
-    Keys: out, num_train, num_val, image_size, max_objects, seed.
+    Keys: out, num_train, num_val, image_size, max_objects, seed, class_probs (one probability per class).
     """
     from segbench.data.synthetic import generate
 

@@ -49,6 +49,9 @@ class SynthConfig:
     empty_fraction: float = 0.04
     touch_fraction: float = 0.35
     seed: int = 0
+    #: Probability of each class (in :data:`CLASSES` order) for each object; ``None``: uniform. A variant
+    #: with a rare class (e.g. ``(0.49, 0.49, 0.02)``) is what repeat-factor sampling is measured on.
+    class_probs: tuple[float, ...] | None = None
 
 
 def _background(rng: np.random.Generator, s: int) -> np.ndarray:
@@ -105,10 +108,12 @@ def make_image(index: int, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray, np
     s = cfg.image_size
     img = _background(rng, s)
     names = list(CLASSES)
+    probs = None if cfg.class_probs is None else np.asarray(cfg.class_probs, float) / sum(cfg.class_probs)
     n = 0 if rng.random() < cfg.empty_fraction else int(rng.integers(1, cfg.max_objects + 1))
     full_masks, labels, centers = [], [], []
     for _ in range(n):
-        k = int(rng.integers(len(names)))
+        # the uniform draw stays the default's own call, so the default dataset is unchanged
+        k = int(rng.integers(len(names)) if probs is None else rng.choice(len(names), p=probs))
         r = float(rng.uniform(cfg.min_radius, cfg.max_radius) * (0.75 if rng.random() < 0.3 else 1.0))
         if centers and rng.random() < cfg.touch_fraction:
             py, px, pr = centers[int(rng.integers(len(centers)))]
@@ -161,6 +166,14 @@ def generate(out: str | os.PathLike, **options) -> dict:
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"unknown synth option(s) {bad}; valid options: {sorted(valid)}")
+    if options.get("class_probs") is not None:
+        probs = tuple(float(x) for x in options["class_probs"])
+        if len(probs) != len(CLASSES) or min(probs) < 0 or sum(probs) <= 0:
+            raise ValueError(
+                f"class_probs must be {len(CLASSES)} non-negative numbers (one per class: {list(CLASSES)}) "
+                f"with a positive sum, got {list(probs)}"
+            )
+        options = {**options, "class_probs": probs}
     cfg = SynthConfig(**options)
     if cfg.num_train < 0 or cfg.num_val < 0 or cfg.image_size < 32:
         raise ValueError("num_train and num_val must be >= 0 and image_size >= 32")
