@@ -158,7 +158,10 @@ def main(argv=None) -> int:
 
     if "synth" in datasets and not (roots["synth"] / "annotations" / "instances_train.json").is_file():
         generate(roots["synth"], **({"num_train": 16, "num_val": 8, "image_size": 96} if q else {}))
-    if "synth_rare" in datasets and not (roots["synth_rare"] / "annotations" / "instances_train.json").is_file():
+    if (
+        "synth_rare" in datasets
+        and not (roots["synth_rare"] / "annotations" / "instances_train.json").is_file()
+    ):
         generate(roots["synth_rare"], **SYNTH_RARE)
     given = {}
     for item in args.include:

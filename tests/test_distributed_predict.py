@@ -306,15 +306,17 @@ def test_two_processes_evaluate_what_one_process_evaluates(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_process_stops_the_run_with_its_message(tiny_run, tmp_path):
-    """A truncated val image in the second process's share: both stop (no hang at the barrier), exit 2,
-    the failing process's message names the file and rank 0 says why it stopped."""
+@pytest.mark.parametrize("failing", [1, 0])
+def test_a_failing_process_stops_the_run_with_its_message(tiny_run, tmp_path, failing):
+    """A truncated val image in one process's share: both stop (no hang at the barrier), exit 2 (rank 0 is
+    not killed by Lightning's watch on its children), the failing process's message names the file and the
+    other process says why it stopped."""
     import shutil
 
     ckpt, root = tiny_run
     bad = tmp_path / "bad"
     shutil.copytree(root, bad)
-    img = bad / "images" / "val_00001.png"  # image 1: process 1's share
+    img = bad / "images" / f"val_0000{failing}.png"  # image k: process k's share (batches of 1)
     img.write_bytes(img.read_bytes()[:200])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("LOCAL_RANK", None)
@@ -327,6 +329,6 @@ def test_a_failing_process_stops_the_run_with_its_message(tiny_run, tmp_path):
         timeout=600,
     )
     assert p.returncode == 2, p.stderr[-3000:]
-    assert "val_00001.png" in p.stderr and "truncated" in p.stderr
-    assert "another process of this run stopped" in p.stderr
-    assert "internal error" not in p.stderr
+    assert f"val_0000{failing}.png" in p.stderr and "truncated" in p.stderr
+    assert f"process {1 - failing}: another process of this run stopped: process {failing}" in p.stderr
+    assert "internal error" not in p.stderr and "Forcefully terminating" not in p.stderr

@@ -201,6 +201,66 @@ def _as_list(batch: list) -> list:
     return batch
 
 
+class _Failed:
+    """The item a :class:`_Guarded` dataset gives for an item that raised a :class:`SegbenchError`."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _Guarded(Dataset):
+    """``dataset``, with a :class:`_Failed` item in place of a :class:`SegbenchError` (picklable, so that
+    DataLoader workers can hand it over)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.dataset[i]
+        except SegbenchError as e:
+            return _Failed(str(e))
+
+
+def _stop_together(trainer: pl.Trainer, failure: str | None) -> None:
+    """Every process learns whether any of them failed, and all stop with exit status 2 if one did.
+
+    Each rank's failure (or ``None``) and pid are gathered (``all_gather_object``). Rank 0 raises at once,
+    naming the first failing process and its message. The other ranks first wait (at most
+    ``_RANK_ZERO_EXIT_WAIT`` s) for rank 0 to exit when rank 0 is their parent, i.e. when Lightning's
+    subprocess launcher started them: rank 0 then watches them, and a child that exits with an error
+    before rank 0 does gets rank 0 killed (SIGKILL, exit -9) before it prints why.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        if failure is not None:
+            raise SegbenchError(failure)
+        return
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (failure, os.getpid()))
+    failed = [(rank, msg) for rank, (msg, _) in enumerate(gathered) if msg is not None]
+    if not failed:
+        return
+    rank = trainer.global_rank
+    if rank != 0:
+        rank_zero_pid = gathered[0][1]
+        deadline = time.monotonic() + _RANK_ZERO_EXIT_WAIT
+        while os.getppid() == rank_zero_pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if failure is not None:
+        raise SegbenchError(failure if rank == 0 else f"process {rank}: {failure}")
+    first, message = failed[0]
+    raise SegbenchError(f"process {rank}: another process of this run stopped: process {first}: {message}")
+
+
+#: Seconds a rank started by rank 0 waits for rank 0 to exit before it exits itself (see _stop_together).
+_RANK_ZERO_EXIT_WAIT = 60.0
+
+
 class _ShardedPredict(pl.LightningModule):
     """Runs ``step`` on each batch of this rank's share of ``dataset``.
 
@@ -210,8 +270,9 @@ class _ShardedPredict(pl.LightningModule):
 
     def __init__(self, dataset: Dataset, step: Callable[[list], list], *, batch_size: int, num_workers: int):
         super().__init__()
-        self.dataset, self.step = dataset, step
+        self.dataset, self.step = _Guarded(dataset), step
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.failure: str | None = None
 
     def predict_dataloader(self) -> DataLoader:
         return _sharded_loader(
@@ -223,7 +284,21 @@ class _ShardedPredict(pl.LightningModule):
         )
 
     def predict_step(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> list:
-        return self.step(batch)
+        # A user-facing failure (an unreadable image, ...) is kept, not raised: raised inside
+        # trainer.predict, Lightning would kill the other processes (SIGKILL, from rank 0's observer of its
+        # children) before they could say why. The rank skips its remaining batches and the failure is
+        # shared after the loop (_stop_together).
+        if self.failure is not None:
+            return []
+        failed = next((item for item in batch if isinstance(item, _Failed)), None)
+        if failed is not None:
+            self.failure = failed.message
+            return []
+        try:
+            return self.step(batch)
+        except SegbenchError as e:
+            self.failure = str(e)
+            return []
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch
@@ -296,6 +371,7 @@ def _predict_to_shards(
     module = _ShardedPredict(dataset, step, batch_size=batch_size, num_workers=num_workers)
     with torch_threads(_threads_per_process(trainer, num_threads)):
         trainer.predict(module, return_predictions=False)
+    _stop_together(trainer, module.failure)
     log.info("rank %d wrote %d record(s) to %s", trainer.global_rank, writer.records, writer.path)
     try:
         trainer.strategy.barrier("segbench-shards-written")
