@@ -439,3 +439,32 @@ def test_mask_resolution_56_predicts_finer_masks_and_trains() -> None:
     for bad in (27, 8):
         with pytest.raises(ValueError, match="mask_resolution"):
             build_maskrcnn(num_classes=2, backbone="resnet18_fpn", mask_resolution=bad, **TINY)
+
+
+def test_bf16_autocast_keeps_box_coordinates_in_float32() -> None:
+    """Under bfloat16 autocast the convolutions run in bfloat16 but the anchors, the proposals and the
+    detected boxes stay float32: in bfloat16 a coordinate from 256 px on is rounded to 2 px (a thin
+    proposal near 384 px then had zero height, a NaN box loss on dsb2018's 384 px crops)."""
+    torch.manual_seed(0)
+    model = build_maskrcnn(num_classes=2, backbone="resnet18_fpn", keep_size=True, **TINY).eval()
+    image = torch.rand(3, 448, 448)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        image_list, _ = model.transform([image])
+        features = model.backbone(image_list.tensors)
+        anchors = model.rpn.anchor_generator(image_list, list(features.values()))
+        proposals, _ = model.rpn(image_list, features)
+        detections = model([image])
+    assert next(iter(features.values())).dtype == torch.bfloat16
+    with torch.no_grad():
+        fp32_anchors = model.rpn.anchor_generator(image_list, [f.float() for f in features.values()])
+    assert anchors[0].dtype == torch.float32 and torch.equal(anchors[0], fp32_anchors[0])
+    far = proposals[0][proposals[0] >= 256]
+    assert proposals[0].dtype == torch.float32 and far.numel() > 100
+    assert (far % 2 != 0).float().mean() > 0.5  # not bfloat16's 2 px grid
+    assert detections[0]["boxes"].dtype == torch.float32
+    # the same modules, parameters and state_dict keys as torchvision's heads
+    assert isinstance(model.rpn.head, torchvision.models.detection.rpn.RPNHead)
+    assert {k for k in model.state_dict() if k.startswith("rpn.head.")} == {
+        "rpn.head.conv.0.0.weight", "rpn.head.conv.0.0.bias", "rpn.head.cls_logits.weight",
+        "rpn.head.cls_logits.bias", "rpn.head.bbox_pred.weight", "rpn.head.bbox_pred.bias",
+    }  # fmt: skip

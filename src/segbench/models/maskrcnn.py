@@ -54,7 +54,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from segbench.models.checkpoint import read_weights
-from segbench.models.transforms import NativeSizeTransform
+from segbench.models.transforms import NativeSizeTransform, float32_boxes
 from segbench.options import check_int
 from segbench.types import SegbenchError
 
@@ -310,7 +310,7 @@ def build_maskrcnn(
             f"mask_resolution must be even (the mask head doubles its RoIs), got {mask_resolution}"
         )
     body = _build_body(backbone, _NORM_FACTORIES[norm_name], imagenet=source == "imagenet")
-    model = _assemble(backbone, body, trainable, anchor_generator, num_classes + 1, kwargs)
+    model = float32_boxes(_assemble(backbone, body, trainable, anchor_generator, num_classes + 1, kwargs))
     if mask_layers is not None:
         norm = nn.BatchNorm2d if backbone == "resnet50_fpn_v2" else None
         model.roi_heads.mask_head = MaskRCNNHeads(

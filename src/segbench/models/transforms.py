@@ -5,7 +5,10 @@
 * :class:`ExactResizeTransform` — the resize computed as eager PyTorch computes it, so that scripted /
   traced / ONNX models resize to the same size (exports);
 * :func:`fix_roi_pool_scales` — RoI pooler scales set from an exact input instead of from the first
-  batch the model happens to see.
+  batch the model happens to see;
+* :class:`Float32AnchorGenerator`, :class:`Float32RPNHead`, :class:`Float32BoxPredictor` and
+  :func:`float32_boxes` — box coordinates in float32 under bfloat16 autocast (training with
+  ``trainer.precision=bf16-mixed``, ``predict precision=bf16``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Dict, List, Optional, Tuple  # noqa: UP035 - TorchScript need
 import torch
 import torchvision
 from torch import Tensor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _get_shape_onnx
 
 
@@ -90,4 +96,79 @@ def fix_roi_pool_scales(model: torch.nn.Module, *, side: int = 128) -> torch.nn.
         for pool in pools:
             pool.scales, pool.map_levels = None, None
             pool(features, box, [(side, side)])
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Box coordinates in float32 under bfloat16 autocast
+# --------------------------------------------------------------------------------------------------
+# Under autocast torchvision makes its anchors in the feature maps' dtype and decodes boxes in the dtype of
+# the regression output (``BoxCoder.decode`` casts the reference boxes to it): with bfloat16 every anchor,
+# proposal and detected box is rounded to an 8-bit mantissa, i.e. to 2 px from x = 256, 4 px from 512 and
+# 8 px from 1024. Small objects in large images lose their boxes, and a thin proposal near x = 384 rounds
+# to zero height: log(0) in the box targets, a NaN box loss at the second step of a native-size nucleus run
+# (dsb2018, 384 px crops). The convolutions stay in bfloat16; only the 4 box numbers per anchor and RoI are
+# float32 (the box losses then compare float32 with float32). In float32 models each ``.float()`` is the
+# tensor itself: exports and fp32 runs are unchanged.
+
+
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` whose anchors are float32 when the feature maps are bfloat16 or
+    float16 (the same anchors in every precision)."""
+
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device):
+        if dtype == torch.bfloat16 or dtype == torch.float16:
+            dtype = torch.float32
+        self.cell_anchors = [cell_anchor.to(dtype=dtype, device=device) for cell_anchor in self.cell_anchors]
+
+
+class Float32RPNHead(RPNHead):
+    """torchvision's ``RPNHead`` (same layers, same state_dict) whose box deltas are float32.
+
+    ``forward`` is torchvision's, written out again: TorchScript (exports) compiles no ``super()`` call.
+    """
+
+    def forward(self, x: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:  # noqa: UP006
+        logits = []
+        bbox_reg = []
+        for feature in x:
+            t = self.conv(feature)
+            logits.append(self.cls_logits(t))
+            bbox_reg.append(self.bbox_pred(t).float())
+        return logits, bbox_reg
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's ``FastRCNNPredictor`` (same layers, same state_dict) whose box deltas are float32.
+
+    ``forward`` is torchvision's, written out again: TorchScript (exports) compiles no ``super()`` call.
+    """
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:  # noqa: UP006
+        if x.dim() == 4:
+            torch._assert(
+                list(x.shape[2:]) == [1, 1],
+                f"x has the wrong shape, expecting the last two dimensions to be [1,1] instead of {list(x.shape[2:])}",
+            )
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x).float()
+
+
+def float32_boxes(model: torch.nn.Module) -> torch.nn.Module:
+    """Make ``model`` (a torchvision Mask / Faster R-CNN) keep its box coordinates in float32 under
+    bfloat16 autocast, in place: its anchor generator, RPN head and box predictor become the float32
+    variants above. The modules keep their parameters (the class is changed, nothing is rebuilt), so
+    initialisation, random state and state_dict keys are those of torchvision's model. Returns ``model``.
+    """
+    for module, cls in (
+        (model.rpn.anchor_generator, Float32AnchorGenerator),
+        (model.rpn.head, Float32RPNHead),
+        (model.roi_heads.box_predictor, Float32BoxPredictor),
+    ):
+        base = cls.__mro__[1]
+        if type(module) not in (base, cls):
+            raise TypeError(f"float32_boxes: expected a {base.__name__}, got {type(module).__name__}")
+        # the subclass adds no state: changing the class keeps the weights (and the random state that
+        # built them) exactly
+        module.__class__ = cls
     return model
