@@ -5,8 +5,8 @@ runs in a child process, one after the other (the CPU must be otherwise idle):
 
 - ``auto``: ``segbench train data.root=DIR budget=B`` — exactly what a new user types;
 - ``preset``: the hand-written preset (``experiment=synth_cpu`` / ``nuts_cpu`` / ``dsb2018_cpu``) given the same
-  ``B`` minutes: ``trainer.max_time`` = B, its cosine decay fitted to that time (``model.scheduler.by_time=true``)
-  and a validation every epoch, so that it has a curve and a best checkpoint inside the budget;
+  ``B`` minutes: ``trainer.max_time`` = B (its epoch limit lifted, so the clock ends it), its cosine decay fitted
+  to that time (``model.scheduler.by_time=true``) and a validation every epoch, so that it has a curve and a best checkpoint inside the budget;
 - ``ema``, ``copy_paste``, ``repeat_factor``, ``multi_scale``: the auto recipe plus one training aid
   (``callbacks.ema.enabled=true``, ``data.copy_paste=0.5``, ``data.repeat_factor_threshold=0.3``,
   ``recipe.multi_scale=true``), same seed, same budget;
@@ -65,8 +65,10 @@ def data_roots(quick: bool) -> dict[str, Path]:
 def arm_overrides(dataset: str, arm: str, root: Path, budget_min: float) -> list[str]:
     minutes = f"00:00:{int(budget_min):02d}:{round((budget_min % 1) * 60):02d}"
     if arm == "preset":
+        # max_epochs lifted: the preset's own epoch count (24 for nuts_cpu) would stop it before the clock
         return [f"experiment={PRESETS[dataset]}", f"data.root={root}", f"trainer.max_time={minutes}",
-                "model.scheduler.by_time=true", "trainer.check_val_every_n_epoch=1"]  # fmt: skip
+                "trainer.max_epochs=100000", "model.scheduler.by_time=true",
+                "trainer.check_val_every_n_epoch=1"]  # fmt: skip
     return [f"data.root={root}", f"budget={budget_min:g}", *AIDS.get(arm, []), *CONTROLS.get(arm, [])]
 
 
