@@ -38,6 +38,7 @@ def stats(
     per_class: dict[str, Quantiles] | None = None,
     modes: dict[str, int] | None = None,
     val_images: int | None = 20,
+    class_images: dict[str, int] | None = None,
 ) -> TrainStats:
     """Train statistics of images of one size (HxW) with object sides ``objects`` (5/25/50/75/95%)."""
     short, long_ = min(size), max(size)
@@ -55,6 +56,7 @@ def stats(
         object_side_per_class=per_class or {},
         image_modes=modes or {"RGB": images},
         val_images=val_images,
+        class_images=class_images or {},
     )
 
 
@@ -181,6 +183,25 @@ def test_many_classes_name_the_rare_ones_and_those_outside_the_anchors():
     assert "outside the anchors' reach" in text and "huge" in text.split("outside the anchors' reach")[1]
     assert "c0" not in text.split("outside the anchors' reach")[1].split("\n")[0]
     assert values(r) == values(choose_recipe(stats(), CPU))  # the classes change no rule's value
+
+
+def test_a_class_in_few_train_images_turns_on_repeat_factor_sampling():
+    r = choose_recipe(stats(class_images={"common": 100, "rare": 8}), CPU)
+    assert values(r)["data.repeat_factor_threshold"] == 0.3
+    line = {c.key: c.line() for c in r.choices}["data.repeat_factor_threshold"]
+    assert "rare in 8%" in line and "1.9x" in line  # sqrt(0.3 / 0.08) = 1.94
+    balanced = choose_recipe(stats(class_images={"a": 90, "b": 30}), CPU)
+    assert values(balanced)["data.repeat_factor_threshold"] is None
+    assert "plain shuffle" in balanced.text()
+    mine = {"data.repeat_factor_threshold": "data.repeat_factor_threshold=0.05"}
+    r = choose_recipe(
+        stats(class_images={"common": 100, "rare": 8}),
+        CPU,
+        overrides=mine,
+        current={"data.repeat_factor_threshold": 0.05},
+    )
+    assert values(r)["data.repeat_factor_threshold"] == 0.05
+    assert "your override" in {c.key: c.line() for c in r.choices}["data.repeat_factor_threshold"]
 
 
 def test_greyscale_images_get_the_same_recipe_and_a_note():
@@ -367,6 +388,8 @@ def test_train_statistics_of_the_synthetic_set(synth_root):
     assert s.object_side_rel.p50 == pytest.approx(q.p50 / 96)
     assert set(s.object_side_per_class) == set(s.class_counts) and s.image_modes
     assert s.objects_per_image[2] >= s.objects_per_image[1] >= s.objects_per_image[0] >= 1
+    assert set(s.class_images) == set(s.class_counts)
+    assert all(1 <= s.class_images[n] <= min(s.images, s.class_counts[n]) for n in s.class_counts)
 
 
 def test_the_probe_times_real_steps_and_leaves_the_random_state_alone(synth_root):
