@@ -6,7 +6,8 @@ runs in a child process, one after the other (the CPU must be otherwise idle):
 - ``auto``: ``segbench train data.root=DIR budget=B`` — exactly what a new user types;
 - ``preset``: the hand-written preset (``experiment=synth_cpu`` / ``nuts_cpu`` / ``dsb2018_cpu``) given the same
   ``B`` minutes: ``trainer.max_time`` = B (its epoch limit lifted, so the clock ends it), its cosine decay fitted
-  to that time (``model.scheduler.by_time=true``) and a validation every epoch, so that it has a curve and a best checkpoint inside the budget;
+  to that time (``model.scheduler.by_time=true``) and a validation every epoch, so that it has a curve and a
+  best checkpoint inside the budget;
 - ``ema``, ``copy_paste``, ``repeat_factor``, ``multi_scale``: the auto recipe plus one training aid
   (``callbacks.ema.enabled=true``, ``data.copy_paste=0.5``, ``data.repeat_factor_threshold=0.3``,
   ``recipe.multi_scale=true``), same seed, same budget;

@@ -1359,7 +1359,7 @@ def _rule_weights(b: _Builder, s: TrainStats, notes: list[str]) -> None:
 
 def _rule_repeat_factor(b: _Builder, s: TrainStats) -> None:
     t = REPEAT_FACTOR_THRESHOLD
-    share = {n: c / s.images for n, c in s.class_images.items() if c > 0 and s.images > 0}
+    share = {n: c / s.images for n, c in s.class_images.items() if c > 0} if s.images else {}
     rare = sorted((f, n) for n, f in share.items() if f < t)
     if rare:
         f, name = rare[0]
