@@ -284,6 +284,27 @@ def test_on_a_gpu_epochs_end_the_run():
     assert "not the clock" in r.text()
 
 
+def test_loader_workers_persist_through_the_run_unless_there_are_none():
+    r = choose_recipe(synth_stats(), Machine(cores=2))
+    v = values(r)
+    assert v["data.num_workers"] == 1 and v["data.persistent_workers"] is True
+    assert "forked again at every epoch" in r.text()
+    none = choose_recipe(
+        synth_stats(),
+        Machine(cores=2),
+        overrides={"data.num_workers": "data.num_workers=0"},
+        current={"data.num_workers": 0},
+    )
+    assert values(none)["data.persistent_workers"] is False  # data.persistent_workers=true would be an error
+    mine = choose_recipe(
+        synth_stats(),
+        Machine(cores=2),
+        overrides={"data.persistent_workers": "data.persistent_workers=false"},
+        current={"data.persistent_workers": False},
+    )
+    assert values(mine)["data.persistent_workers"] is False
+
+
 # --- the user's overrides ---------------------------------------------------------------------------------
 
 
