@@ -12,7 +12,9 @@ runs in a child process, one after the other (the CPU must be otherwise idle):
   (``callbacks.ema.enabled=true``, ``data.copy_paste=0.5``, ``data.repeat_factor_threshold=0.3``,
   ``recipe.multi_scale=true``), same seed, same budget;
 - ``auto_seed1``: the auto recipe with ``seed=1`` — how far one seed moves the result, the yardstick for the
-  aids' gains.
+  aids' gains;
+- ``fork_workers``: the auto recipe with ``data.persistent_workers=false`` — its loader worker forked again
+  every epoch, as before session 12.
 
 Every run is scored by ``segbench train``'s own final evaluation (its best checkpoint on the whole val split).
 The table gives steps, training minutes, best val segm mAP during training and the final val segm / bbox mAP;
@@ -53,7 +55,9 @@ AIDS = {
 }
 #: Controls: the auto recipe as it is, with another seed — its distance from ``auto`` is the noise of one
 #: seed, against which an aid's gain is read.
-CONTROLS = {"auto_seed1": ["seed=1"]}
+CONTROLS = {"auto_seed1": ["seed=1"], "fork_workers": ["data.persistent_workers=false"]}
+#: ``fork_workers``: the auto recipe with its loader worker forked again every epoch (the recipe before
+#: session 12 kept the loader's default): the measured side of the persistent-workers rule.
 ARMS = ("auto", "preset", *AIDS, *CONTROLS)
 
 
