@@ -1152,6 +1152,14 @@ def _rule_batch(b: _Builder, s: TrainStats, scale: _Scale, m: Machine, *, gpu: b
     return batch, max(acc, 1)
 
 
+def _batches_per_epoch(b: _Builder, s: TrainStats, batch: int) -> int:
+    """Training batches an epoch: the train images (at most ``data.limit_train``) in batches of ``batch``."""
+    n_train = s.images
+    if b.get("data.limit_train"):
+        n_train = min(n_train, int(b.get("data.limit_train")))
+    return max(1, math.ceil(n_train / max(batch, 1)))
+
+
 def _rule_persistent_workers(b: _Builder, s: TrainStats, batch: int) -> None:
     # Measured (docs/results.md, session 12): nuts at 3 min, 4 steps an epoch, Lightning's simple profiler:
     # 1.35 s a step with the worker forked every epoch, 0.87 s with it kept (the probe's bare step: 0.71-0.76 s).
@@ -1159,8 +1167,7 @@ def _rule_persistent_workers(b: _Builder, s: TrainStats, batch: int) -> None:
     if workers <= 0:
         b.set("data.persistent_workers", False, "no loader workers: nothing to keep")
         return
-    n_train = min(s.images, int(b.get("data.limit_train"))) if b.get("data.limit_train") else s.images
-    per_epoch = max(1, math.ceil(n_train / max(batch, 1)))
+    per_epoch = _batches_per_epoch(b, s, batch)
     b.set(
         "data.persistent_workers",
         True,
@@ -1232,10 +1239,7 @@ def _rule_schedule(
 ) -> None:
     minutes = _budget_minutes(b, budget_minutes)
     budget_s = minutes * 60
-    n_train = s.images
-    if b.get("data.limit_train"):
-        n_train = min(n_train, int(b.get("data.limit_train")))
-    batches_per_epoch = max(1, math.ceil(n_train / max(batch, 1)))
+    batches_per_epoch = _batches_per_epoch(b, s, batch)
     p = m.probe
     if p is not None:
         step_s = p.bf16_step_s if precision.startswith("bf16") and p.bf16_step_s else p.step_s
