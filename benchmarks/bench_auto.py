@@ -13,8 +13,9 @@ runs in a child process, one after the other (the CPU must be otherwise idle):
   ``recipe.multi_scale=true``), same seed, same budget;
 - ``auto_seed1``: the auto recipe with ``seed=1`` — how far one seed moves the result, the yardstick for the
   aids' gains;
-- ``fork_workers``: the auto recipe with ``data.persistent_workers=false`` — its loader worker forked again
-  every epoch, as before session 12.
+- ``fork_workers``: the auto recipe with one loader worker forked again every epoch, as before session 12;
+- ``one_worker``: the auto recipe with one loader worker kept for the run, as in session 12 (since session 13
+  a CPU whose cores the training threads all use loads the batches between the steps, without a worker).
 
 Every run is scored by ``segbench train``'s own final evaluation (its best checkpoint on the whole val split).
 The table gives steps, training minutes, best val segm mAP during training and the final val segm / bbox mAP;
@@ -55,9 +56,14 @@ AIDS = {
 }
 #: Controls: the auto recipe as it is, with another seed — its distance from ``auto`` is the noise of one
 #: seed, against which an aid's gain is read.
-CONTROLS = {"auto_seed1": ["seed=1"], "fork_workers": ["data.persistent_workers=false"]}
+CONTROLS = {
+    "auto_seed1": ["seed=1"],
+    "fork_workers": ["data.num_workers=1", "data.persistent_workers=false"],
+    "one_worker": ["data.num_workers=1", "data.persistent_workers=true"],
+}
 #: ``fork_workers``: the auto recipe with its loader worker forked again every epoch (the recipe before
-#: session 12 kept the loader's default): the measured side of the persistent-workers rule.
+#: session 12 kept the loader's default): the measured side of the persistent-workers rule. ``one_worker``: a
+#: worker kept for the run (session 12's recipe), the measured side of the workers rule (none on a busy CPU).
 ARMS = ("auto", "preset", *AIDS, *CONTROLS)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -284,14 +285,45 @@ def test_on_a_gpu_epochs_end_the_run():
     assert "not the clock" in r.text()
 
 
+def test_on_a_cpu_batches_load_between_the_steps_unless_a_core_is_spare():
+    probe = Probe(step_s=2.0, batch_size=4, steps=3, bf16_step_s=1.0, infer_s=0.1, data_s=0.1)
+    busy = choose_recipe(synth_stats(), Machine(cores=2, threads=2, cpu_bf16=True, probe=probe))
+    v = values(busy)
+    assert v["data.num_workers"] == 0 and v["data.persistent_workers"] is False
+    assert "use all 2 cores" in busy.text() and "0.10 s a batch, 10% of a step" in busy.text()
+    assert "1.10 s a step with 0.10 s of loading" in busy.text()  # the schedule counts the loading
+    free = choose_recipe(
+        synth_stats(), Machine(cores=2, threads=2, cpu_bf16=True, probe=replace(probe, data_s=0.0))
+    )
+    assert busy.steps == pytest.approx(free.steps / 1.1)
+    spare = choose_recipe(synth_stats(), Machine(cores=16, threads=8, cpu_bf16=True, probe=probe))
+    assert values(spare)["data.num_workers"] == 4 and "1.00 s a step (" in spare.text()  # loaded by workers
+    assert values(choose_recipe(synth_stats(), Machine(cores=4, threads=3)))["data.num_workers"] == 1
+    mine = choose_recipe(
+        synth_stats(),
+        Machine(cores=2, threads=2, probe=probe),
+        overrides={"data.num_workers": "data.num_workers=1"},
+        current={"data.num_workers": 1},
+    )
+    assert values(mine)["data.num_workers"] == 1 and "(your override)" in mine.text()
+    assert "1.00 s a step" not in mine.text() and "2.00 s a step (" in mine.text()  # float32, a worker loads
+    kept = choose_recipe(
+        synth_stats(),
+        Machine(cores=2, threads=2, probe=probe),
+        overrides={"data.persistent_workers": "data.persistent_workers=true"},
+        current={"data.persistent_workers": True},
+    )
+    assert values(kept)["data.num_workers"] == 1  # not 0: persistent workers without one are a config error
+
+
 def test_loader_workers_persist_through_the_run_unless_there_are_none():
-    r = choose_recipe(synth_stats(), Machine(cores=2))
+    r = choose_recipe(synth_stats(), Machine(cores=4, threads=2))
     v = values(r)
-    assert v["data.num_workers"] == 1 and v["data.persistent_workers"] is True
+    assert v["data.num_workers"] == 2 and v["data.persistent_workers"] is True
     assert "forked again at every epoch" in r.text()
     none = choose_recipe(
         synth_stats(),
-        Machine(cores=2),
+        Machine(cores=4, threads=2),
         overrides={"data.num_workers": "data.num_workers=0"},
         current={"data.num_workers": 0},
     )

@@ -127,11 +127,13 @@ VAL_BUDGET_SHARE = 0.1
 MIN_VAL_IMAGES = 10
 #: trainer.max_epochs, with a clock, is this many times the epochs the probe predicts: the clock ends the run.
 EPOCHS_MARGIN = 2.0
+#: Loader workers on a CPU: one per core the training threads leave free, at most this many.
+MAX_CPU_WORKERS = 4
 #: bfloat16 autocast is chosen on a CPU with bfloat16 instructions only if the probe finds its steps at least
 #: this much faster than float32's.
 BF16_MIN_GAIN = 0.05
-#: Lightning's loop, logging, checkpoints and the data loader share the cores with the steps: a run is assumed
-#: this much slower per step than the probe's bare steps.
+#: Lightning's loop, logging and checkpoints share the cores with the steps: a run is assumed this much slower
+#: per step than the probe's bare steps (plus the probe's loading of a batch where no worker loads it).
 STEP_OVERHEAD = 1.15
 #: Without the probe, a CPU step is assumed to take NOMINAL_STEP_S per NOMINAL_STEP_PIXELS, in proportion to
 #: its pixels: the synthetic preset's float32 step (4 images of 192 x 192 px: ~1.1 s with bfloat16 on the 2-core
@@ -353,7 +355,8 @@ class Probe:
     optimizer step) in float32 and under bfloat16 autocast + channels_last (``None``: not timed);
     ``infer_s`` the seconds to predict one val image with as many detections as a trained model finds,
     ``infer_cap_s`` with the detection cap filled (what the first validations of a run see: a young model's
-    scores pass the threshold everywhere); ``image_size`` the largest (H, W) of the timed batches.
+    scores pass the threshold everywhere); ``image_size`` the largest (H, W) of the timed batches; ``data_s``
+    the median seconds to load, augment and collate one batch of the train split in one process.
     """
 
     step_s: float
@@ -364,6 +367,7 @@ class Probe:
     infer_cap_s: float | None = None
     image_size: tuple[int, int] | None = None
     device: str = "cpu"
+    data_s: float | None = None  # median seconds to load, augment and collate one batch in this process
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,7 @@ class Machine:
 
     cores: int
     cuda: bool = False
+    threads: int | None = None  # torch's intra-op threads, which the training steps use (None: one per core)
     gpu_name: str | None = None
     cpu_bf16: bool = False
     probe: Probe | None = None
@@ -400,6 +405,7 @@ def describe_machine() -> Machine:
     return Machine(
         cores=max(1, cores),
         cuda=cuda,
+        threads=torch.get_num_threads(),
         gpu_name=torch.cuda.get_device_name(0) if cuda else None,
         cpu_bf16=cpu_has_bf16(),
         time_validation=time_validation,
@@ -420,7 +426,8 @@ def probe_machine(
     max_seconds: float = PROBE_MAX_SECONDS,
 ) -> Probe:
     """Time ``steps`` training steps of ``model`` on real batches of ``train_dataset`` (after an untimed
-    warm-up step on one image), and one prediction of a val image (after an untimed one).
+    warm-up step on one image), one prediction of a val image (after an untimed one), and the loading of the
+    batches (``Probe.data_s``).
 
     The model is trained with learning rate 0 (its weights do not move) and should be a throwaway copy: with
     ``bf16`` it is left in ``channels_last``. The draws use their own seed inside ``torch.random.fork_rng``,
@@ -461,10 +468,12 @@ def probe_machine(
     rng = np.random.default_rng(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        batches = []
+        batches, loads = [], []
         for _ in range(steps + 1):
             idx = rng.choice(n, size=min(batch_size, n), replace=False)
+            t0 = time.perf_counter()
             batches.append(collate([train_dataset[int(k)] for k in idx]))
+            loads.append(time.perf_counter() - t0)
         model.to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=0.0, momentum=0.9)
@@ -489,6 +498,7 @@ def probe_machine(
         infer_cap_s=infer_cap,
         image_size=(int(largest[0]), int(largest[1])),
         device=device,
+        data_s=float(statistics.median(loads)),
     )
 
 
@@ -779,8 +789,9 @@ def choose_recipe(
     _rule_rpn(b, det)
     _rule_roi_batch(b, stats, lighten=lighten)
     batch, accumulate = _rule_batch(b, stats, scale, machine, gpu=gpu)
-    _rule_persistent_workers(b, stats, batch)
     precision = _rule_precision(b, machine, gpu=gpu)
+    _rule_workers(b, machine, gpu=gpu)
+    _rule_persistent_workers(b, stats, batch)
     _rule_schedule(
         b, stats, machine, budget_minutes, batch, accumulate, precision, scale.train_hw, gpu=gpu, notes=notes
     )
@@ -1138,18 +1149,47 @@ def _rule_batch(b: _Builder, s: TrainStats, scale: _Scale, m: Machine, *, gpu: b
                 "one step per update" if acc == 1 else f"{acc} steps of {batch} images per update",
             )
         )
-    workers = min(8, max(1, m.cores - 1)) if gpu else (1 if m.cores <= 4 else min(4, m.cores // 4))
+    return batch, max(acc, 1)
+
+
+def _rule_workers(b: _Builder, m: Machine, *, gpu: bool) -> None:
+    # Measured (docs/results.md, session 13), 2 cores, 3 min, Lightning's simple profiler, the same recipe with
+    # one worker and with none: dsb2018 114 -> 123 steps, nuts 166 -> 182. The worker slowed the steps' compute
+    # by 0.11-0.14 s, more than the 0.07-0.08 s that loading a batch takes between the steps: a thread that the
+    # worker preempts stalls the other at every parallel region.
+    if gpu:
+        b.set(
+            "data.num_workers",
+            min(8, max(1, m.cores - 1)),
+            f"{m.cores} cores: one per core but one, at most 8",
+        )
+        return
+    threads = m.threads or m.cores
+    spare = m.cores - threads
+    p = m.probe
+    if spare >= 1:
+        b.set(
+            "data.num_workers",
+            min(spare, MAX_CPU_WORKERS),
+            f"{m.cores} cores, {threads} training threads: a loader worker per spare core (at most {MAX_CPU_WORKERS})",
+        )
+        return
+    if b.overridden("data.persistent_workers") is not None and b.get("data.persistent_workers"):
+        b.set(
+            "data.num_workers", 1, "data.persistent_workers=true (your override) needs a loader worker: one"
+        )
+        return
+    load = ""
+    if p is not None and p.data_s is not None:
+        bf16 = str(b.chosen("trainer.precision", "")).startswith("bf16")
+        step = p.bf16_step_s if bf16 and p.bf16_step_s else p.step_s
+        load = f" (the probe: {p.data_s:.2f} s a batch, {p.data_s / max(step, 1e-9):.0%} of a step)"
     b.set(
         "data.num_workers",
-        workers,
-        f"{m.cores} cores: "
-        + (
-            "one per core but one, at most 8"
-            if gpu
-            else "the loader's workers compete with the training threads"
-        ),
+        0,
+        f"the {threads} training threads use all {m.cores} cores: a loader worker would take its CPU from them "
+        f"and stall them, so the batches load between the steps{load}",
     )
-    return batch, max(acc, 1)
 
 
 def _batches_per_epoch(b: _Builder, s: TrainStats, batch: int) -> int:
@@ -1243,8 +1283,9 @@ def _rule_schedule(
     p = m.probe
     if p is not None:
         step_s = p.bf16_step_s if precision.startswith("bf16") and p.bf16_step_s else p.step_s
-        step_s *= batch / max(
-            p.batch_size, 1
+        load_s = p.data_s if p.data_s is not None and not gpu and not b.chosen("data.num_workers") else 0.0
+        step_s = (
+            (step_s + load_s) * batch / max(p.batch_size, 1)
         )  # the probe ran the recipe's batch; a user's other batch scales
         source = "predicted"
     elif not gpu:
@@ -1277,8 +1318,9 @@ def _rule_schedule(
         if p is not None:
             size = f" (largest {p.image_size[1]}x{p.image_size[0]} px)" if p.image_size else ""
             val = f"; {infer_s:.2f} s to predict a val image{_val_note(p)}" if infer_s else ""
+            loaded = f" with {load_s * batch / max(p.batch_size, 1):.2f} s of loading" if load_s else ""
             notes.append(
-                f"probe: {p.steps} step{'s' if p.steps != 1 else ''} of {p.batch_size} images{size}: {step_s:.2f} s a step ({precision}){val}; "
+                f"probe: {p.steps} step{'s' if p.steps != 1 else ''} of {p.batch_size} images{size}: {step_s:.2f} s a step{loaded} ({precision}){val}; "
                 + line
             )
         else:
