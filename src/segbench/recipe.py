@@ -1154,9 +1154,9 @@ def _rule_batch(b: _Builder, s: TrainStats, scale: _Scale, m: Machine, *, gpu: b
 
 def _rule_workers(b: _Builder, m: Machine, *, gpu: bool) -> None:
     # Measured (docs/results.md, session 13), 2 cores, 3 min, Lightning's simple profiler, the same recipe with
-    # one worker and with none: dsb2018 114 -> 123 steps, nuts 166 -> 182. The worker slowed the steps' compute
-    # by 0.11-0.14 s, more than the 0.07-0.08 s that loading a batch takes between the steps: a thread that the
-    # worker preempts stalls the other at every parallel region.
+    # one worker and with none: dsb2018 385 -> 403 steps in 3 pairs, nuts 166 -> 182, synthetic 233 -> 254. The
+    # worker slowed the steps' compute by 0.06-0.13 s, about as much or more than the 0.01-0.08 s that loading a
+    # batch takes between the steps: a thread that the worker preempts stalls the other at every parallel region.
     if gpu:
         b.set(
             "data.num_workers",
