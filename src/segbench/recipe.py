@@ -790,7 +790,7 @@ def choose_recipe(
     _rule_roi_batch(b, stats, lighten=lighten)
     batch, accumulate = _rule_batch(b, stats, scale, machine, gpu=gpu)
     precision = _rule_precision(b, machine, gpu=gpu)
-    _rule_workers(b, machine, gpu=gpu)
+    _rule_workers(b, machine, precision, gpu=gpu)
     _rule_persistent_workers(b, stats, batch)
     _rule_schedule(
         b, stats, machine, budget_minutes, batch, accumulate, precision, scale.train_hw, gpu=gpu, notes=notes
@@ -1152,7 +1152,12 @@ def _rule_batch(b: _Builder, s: TrainStats, scale: _Scale, m: Machine, *, gpu: b
     return batch, max(acc, 1)
 
 
-def _rule_workers(b: _Builder, m: Machine, *, gpu: bool) -> None:
+def _probed_step(p: Probe, precision: str) -> float:
+    """The probe's step time in ``precision`` (its float32 step where bfloat16 was not timed)."""
+    return p.bf16_step_s if str(precision).startswith("bf16") and p.bf16_step_s else p.step_s
+
+
+def _rule_workers(b: _Builder, m: Machine, precision: str, *, gpu: bool) -> None:
     # Measured (docs/results.md, session 13), 2 cores, 3 min, Lightning's simple profiler, the same recipe with
     # one worker and with none: dsb2018 385 -> 403 steps in 3 pairs, nuts 166 -> 182, synthetic 233 -> 254. The
     # worker slowed the steps' compute by 0.06-0.13 s, about as much or more than the 0.01-0.08 s that loading a
@@ -1166,7 +1171,6 @@ def _rule_workers(b: _Builder, m: Machine, *, gpu: bool) -> None:
         return
     threads = m.threads or m.cores
     spare = m.cores - threads
-    p = m.probe
     if spare >= 1:
         b.set(
             "data.num_workers",
@@ -1179,11 +1183,10 @@ def _rule_workers(b: _Builder, m: Machine, *, gpu: bool) -> None:
             "data.num_workers", 1, "data.persistent_workers=true (your override) needs a loader worker: one"
         )
         return
-    load = ""
+    load, p = "", m.probe
     if p is not None and p.data_s is not None:
-        bf16 = str(b.chosen("trainer.precision", "")).startswith("bf16")
-        step = p.bf16_step_s if bf16 and p.bf16_step_s else p.step_s
-        load = f" (the probe: {p.data_s:.2f} s a batch, {p.data_s / max(step, 1e-9):.0%} of a step)"
+        share = p.data_s / max(_probed_step(p, precision), 1e-9)
+        load = f" (the probe: {p.data_s:.2f} s a batch, {share:.0%} of a step)"
     b.set(
         "data.num_workers",
         0,
@@ -1282,11 +1285,12 @@ def _rule_schedule(
     batches_per_epoch = _batches_per_epoch(b, s, batch)
     p = m.probe
     if p is not None:
-        step_s = p.bf16_step_s if precision.startswith("bf16") and p.bf16_step_s else p.step_s
-        load_s = p.data_s if p.data_s is not None and not gpu and not b.chosen("data.num_workers") else 0.0
-        step_s = (
-            (step_s + load_s) * batch / max(p.batch_size, 1)
+        per_batch = batch / max(
+            p.batch_size, 1
         )  # the probe ran the recipe's batch; a user's other batch scales
+        loaded_by_workers = gpu or bool(b.chosen("data.num_workers"))
+        load_s = 0.0 if p.data_s is None or loaded_by_workers else p.data_s * per_batch
+        step_s = _probed_step(p, precision) * per_batch + load_s
         source = "predicted"
     elif not gpu:
         pixels = batch * train_hw[0] * train_hw[1]
@@ -1318,7 +1322,7 @@ def _rule_schedule(
         if p is not None:
             size = f" (largest {p.image_size[1]}x{p.image_size[0]} px)" if p.image_size else ""
             val = f"; {infer_s:.2f} s to predict a val image{_val_note(p)}" if infer_s else ""
-            loaded = f" with {load_s * batch / max(p.batch_size, 1):.2f} s of loading" if load_s else ""
+            loaded = f" with {load_s:.2f} s of loading" if load_s else ""
             notes.append(
                 f"probe: {p.steps} step{'s' if p.steps != 1 else ''} of {p.batch_size} images{size}: {step_s:.2f} s a step{loaded} ({precision}){val}; "
                 + line
