@@ -15,7 +15,10 @@ runs in a child process, one after the other (the CPU must be otherwise idle):
   aids' gains;
 - ``fork_workers``: the auto recipe with one loader worker forked again every epoch, as before session 12;
 - ``one_worker``: the auto recipe with one loader worker kept for the run, as in session 12 (since session 13
-  a CPU whose cores the training threads all use loads the batches between the steps, without a worker).
+  a CPU whose cores the training threads all use loads the batches between the steps, without a worker);
+- ``mask_head_256``: the auto recipe with torchvision's mask head (4 convs of 256 channels; since session 14 a
+  CPU trains 128); ``mask_head_128``, ``mask_head_128_l2``: the narrow head set by hand before the rule, the
+  second with the RoIs and crops of the lightest level (64 RoIs, 256 px crops).
 
 Every run is scored by ``segbench train``'s own final evaluation (its best checkpoint on the whole val split).
 The table gives steps, training minutes, best val segm mAP during training and the final val segm / bbox mAP;
@@ -60,6 +63,13 @@ CONTROLS = {
     "auto_seed1": ["seed=1"],
     "fork_workers": ["data.num_workers=1", "data.persistent_workers=false"],
     "one_worker": ["data.num_workers=1", "data.persistent_workers=true"],
+    "mask_head_256": ["model.net.mask_head_layers=[256,256,256,256]"],
+    "mask_head_128": ["model.net.mask_head_layers=[128,128,128,128]"],
+    "mask_head_128_l2": [
+        "model.net.mask_head_layers=[128,128,128,128]",
+        "model.net.box_batch_size_per_image=64",
+        "data.max_crop=256",
+    ],
 }
 #: ``fork_workers``: the auto recipe with its loader worker forked again every epoch (the recipe before
 #: session 12 kept the loader's default): the measured side of the persistent-workers rule. ``one_worker``: a

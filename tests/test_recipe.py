@@ -285,6 +285,40 @@ def test_on_a_gpu_epochs_end_the_run():
     assert "not the clock" in r.text()
 
 
+def test_a_cpu_trains_a_narrower_mask_head_unless_pretrained_weights_bring_one(tmp_path):
+    from segbench.commands.train import _file_mask_head
+    from segbench.recipe import WEIGHTS_MASK_HEAD
+
+    def head(machine=CPU, weights=None, in_file=None):
+        current = {"model.net.weights": weights, WEIGHTS_MASK_HEAD: in_file}
+        r = choose_recipe(synth_stats(), machine, current=current)
+        return values(r)["model.net.mask_head_layers"], r.text()
+
+    value, text = head()
+    assert value == [128, 128, 128, 128] and "a quarter of the mask head's FLOPs" in text
+    assert head(weights="imagenet")[0] == [128, 128, 128, 128]  # ImageNet weights have no mask head
+    assert head(weights="coco")[0] is None  # torchvision's pretrained 4 x 256 head is kept
+    assert head(Machine(cores=16, cuda=True, gpu_name="x"))[0] is None
+    # a weights file: the head it fits, whatever the machine
+    assert head(weights="/w.pth", in_file=[256] * 4)[0] == [256] * 4
+    mine = choose_recipe(
+        synth_stats(),
+        CPU,
+        overrides={"model.net.mask_head_layers": "model.net.mask_head_layers=[64,64]"},
+        current={"model.net.mask_head_layers": [64, 64]},
+    )
+    assert values(mine)["model.net.mask_head_layers"] == [64, 64] and "(your override)" in mine.text()
+    # the command reads the widths from the file (both of torchvision's key layouts), nothing from the rest
+    new = {f"roi_heads.mask_head.{i}.0.weight": torch.zeros(96, 8, 3, 3) for i in range(3)}
+    old = {f"roi_heads.mask_head.mask_fcn{i}.weight": torch.zeros(64, 8, 3, 3) for i in (1, 2)}
+    torch.save(new, tmp_path / "new.pth")
+    torch.save({"model": old}, tmp_path / "old.pth")
+    assert _file_mask_head(str(tmp_path / "new.pth")) == [96, 96, 96]
+    assert _file_mask_head(str(tmp_path / "old.pth")) == [64, 64]
+    assert _file_mask_head("coco") is None and _file_mask_head(None) is None
+    assert _file_mask_head(str(tmp_path / "missing.pth")) is None  # the model build names the missing file
+
+
 def test_on_a_cpu_batches_load_between_the_steps_unless_a_core_is_spare():
     probe = Probe(step_s=2.0, batch_size=4, steps=3, bf16_step_s=1.0, infer_s=0.1, data_s=0.1)
     busy = choose_recipe(synth_stats(), Machine(cores=2, threads=2, cpu_bf16=True, probe=probe))
@@ -614,6 +648,7 @@ def test_the_command_reprobes_each_lighter_level(synth_root, monkeypatch):
     """choose_auto_recipe times each lighter level again and stops once enough steps fit."""
     import segbench.commands.train as train_cmd
     from segbench.cli import compose
+    from segbench.recipe import MIN_STEPS
 
     timed = []
 
@@ -627,4 +662,4 @@ def test_the_command_reprobes_each_lighter_level(synth_root, monkeypatch):
     recipe = train_cmd.choose_auto_recipe(cfg)
     assert timed == [64, 32]  # the first recipe, then one lighter level
     assert recipe.value("model.net.box_batch_size_per_image") == 32 and recipe.lighten == 1
-    assert "lightened (fewer than 300 steps fit the budget)" in recipe.text() and "64 RoIs" in recipe.text()
+    assert f"lightened (fewer than {MIN_STEPS} steps fit the budget)" in recipe.text() and "64 RoIs" in recipe.text()

@@ -106,13 +106,22 @@ CPU_BATCH, GPU_BATCH = 4, 4
 LARGE_IMAGE_PIXELS = 384 * 384
 #: Fewest optimizer steps a CPU budget should hold: below them a from-scratch Mask R-CNN has barely started
 #: learning its heads (the synthetic preset curve still rises steeply at 300 steps, docs/results.md), so the
-#: recipe is lightened (fewer RoI samples, smaller native-size crops; re-probed) until they fit.
-MIN_STEPS = 300
+#: recipe is lightened (fewer RoI samples, smaller native-size crops; re-probed) until they fit. 400 since
+#: session 14: on dsb2018 at 15 min the level of 295 steps (128 RoIs, 384 px crops) made 0.341 segm mAP and the
+#: next, 558 steps (64 RoIs, 256 px crops), 0.367; the level's probe said 293 and 382 steps in two runs, on
+#: both sides of 300.
+MIN_STEPS = 400
 #: At most this many lightening levels: each halves the RoI samples (not below ROI_LIGHT_MIN) and shrinks
 #: native-size crops by 128 px (not below CROP_LIGHT_MIN, nor 4x the 95% object side).
 MAX_LIGHTEN = 2
 ROI_LIGHT_MIN = 32
 CROP_LIGHT_MIN = 256
+#: Mask head channels on a CPU where no pretrained mask head is loaded (from scratch or ImageNet weights): 4
+#: convolutions of this width instead of torchvision's 256. The head runs on every positive RoI in training and
+#: on every detection in validation, so at 256 channels it outweighs a ResNet-18 on small crops (a 3x3 conv of
+#: 256 channels on a 14x14 RoI is 0.23 GFLOP, 4 of them ~1 GFLOP a RoI); 128 channels is a quarter of that.
+#: Measured on dsb2018 (docs/results.md, session 14): the probed step 1.66 -> 1.25 s, a val image 1.59 -> 0.84 s.
+CPU_MASK_HEAD = (128, 128, 128, 128)
 #: The time budget when ``budget=`` is not given (minutes).
 DEFAULT_BUDGET_MINUTES = 15.0
 #: Warm-up: about 5% of the steps the budget holds, at most 100 (the CPU presets' 50-100).
@@ -152,6 +161,9 @@ TINY_DATASET = 50
 #: mAP 0.372 to 0.431, the rare class from 0 to 0.156; a set with no class that rare is trained unchanged.
 REPEAT_FACTOR_THRESHOLD = 0.3
 
+#: ``current`` key (not a config key): the mask head widths of a ``model.net.weights`` file, read by the
+#: command, so that the recipe builds the head the file fits (``None``: no file).
+WEIGHTS_MASK_HEAD = "weights_file.mask_head_layers"
 #: The configured values the rules read (``current`` of :func:`choose_recipe`), besides the keys they set.
 CONTEXT_KEYS: tuple[str, ...] = (
     "model.net.backbone",
@@ -160,6 +172,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "model.net.max_size",
     "model.net.keep_size",
     "model.net.anchor_sizes",
+    "model.net.mask_head_layers",
     "model.net.box_batch_size_per_image",
     "model.net.box_detections_per_img",
     "model.net.rpn_pre_nms_top_n_train",
@@ -788,6 +801,7 @@ def choose_recipe(
     det = _rule_detections(b, stats)
     _rule_rpn(b, det)
     _rule_roi_batch(b, stats, lighten=lighten)
+    _rule_mask_head(b, gpu=gpu)
     batch, accumulate = _rule_batch(b, stats, scale, machine, gpu=gpu)
     precision = _rule_precision(b, machine, gpu=gpu)
     _rule_workers(b, machine, precision, gpu=gpu)
@@ -1115,6 +1129,27 @@ def _rule_roi_batch(b: _Builder, s: TrainStats, *, lighten: int = 0) -> None:
     if light < n:
         why += f"; halved {lighten}x from {n}: fewer than {MIN_STEPS} steps of {n} fit the budget"
     b.set("model.net.box_batch_size_per_image", light, why)
+
+
+def _rule_mask_head(b: _Builder, *, gpu: bool) -> None:
+    configured = b.get("model.net.mask_head_layers")
+    weights, in_file = b.get("model.net.weights"), b.get(WEIGHTS_MASK_HEAD)
+    if in_file is not None:
+        value, why = list(in_file), f"the mask head of the weights file ({_show(list(in_file))} channels)"
+    elif weights not in (None, "imagenet"):
+        value, why = configured, f"the pretrained mask head of the weights ({weights}) is kept"
+    elif gpu:
+        value, why = configured, "torchvision's 4 convs of 256 channels on a GPU"
+    else:
+        value = list(CPU_MASK_HEAD)
+        why = (
+            f"{len(CPU_MASK_HEAD)} convs of {CPU_MASK_HEAD[0]} channels, not torchvision's 256: a quarter of the "
+            "mask head's FLOPs on every positive RoI and every val detection (on a CPU it outweighs the "
+            "backbone; no pretrained head to keep)"
+        )
+    if value == configured and configured is not None and in_file is None:
+        why = "configured"
+    b.set("model.net.mask_head_layers", value, why)
 
 
 def _rule_batch(b: _Builder, s: TrainStats, scale: _Scale, m: Machine, *, gpu: bool) -> tuple[int, int]:

@@ -192,9 +192,25 @@ def user_keys(overrides: list[str]) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _current(cfg: DictConfig) -> dict:
-    from segbench.recipe import CONTEXT_KEYS
+    from segbench.recipe import CONTEXT_KEYS, WEIGHTS_MASK_HEAD
 
-    return {k: _plain(OmegaConf.select(cfg, k, default=None)) for k in CONTEXT_KEYS}
+    current = {k: _plain(OmegaConf.select(cfg, k, default=None)) for k in CONTEXT_KEYS}
+    current[WEIGHTS_MASK_HEAD] = _file_mask_head(current.get("model.net.weights"))
+    return current
+
+
+def _file_mask_head(weights) -> list[int] | None:
+    """The mask head widths of a weights file (``model.net.weights=FILE``), so that the recipe builds the head
+    the file fits; ``None`` for no file, COCO / ImageNet weights, or a file the model build will refuse itself
+    (with its own error)."""
+    from segbench.models.checkpoint import read_weights
+    from segbench.models.maskrcnn import _resolve_weights, mask_head_widths
+
+    try:
+        source = _resolve_weights(weights)
+        return mask_head_widths(read_weights(source)) if isinstance(source, Path) else None
+    except SegbenchError:
+        return None
 
 
 def _apply(cfg: DictConfig, values: dict) -> None:

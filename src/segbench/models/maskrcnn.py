@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,6 +152,24 @@ def count_classes_in_state_dict(state_dict: Mapping[str, Tensor]) -> int:
     if _CLS_SCORE_WEIGHT not in state_dict:
         raise ValueError(f"state_dict has no '{_CLS_SCORE_WEIGHT}': it is not a Mask R-CNN state_dict")
     return int(state_dict[_CLS_SCORE_WEIGHT].shape[0]) - 1
+
+
+def mask_head_widths(state_dict: Mapping[str, Tensor]) -> list[int] | None:
+    """The output channels of a Mask R-CNN state_dict's mask head convolutions, in order (``None``: no mask head).
+
+    Both of torchvision's key layouts are read (``mask_head.<i>.0.weight`` and the older ``mask_fcn<i>.weight``).
+
+    >>> mask_head_widths({f"roi_heads.mask_head.{i}.0.weight": torch.zeros(128, 8, 3, 3) for i in range(4)})
+    [128, 128, 128, 128]
+    >>> mask_head_widths({"backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7)}) is None
+    True
+    """
+    layers = {}
+    for key, value in state_dict.items():
+        m = re.fullmatch(r"roi_heads\.mask_head\.(?:(\d+)\.0|mask_fcn(\d+))\.weight", str(key))
+        if m and getattr(value, "ndim", 0) == 4:
+            layers[int(m.group(1) or m.group(2))] = int(value.shape[0])
+    return [layers[i] for i in sorted(layers)] or None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -616,7 +635,8 @@ def _load_into(
                 problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
         raise SegbenchError(
             f"The {what} does not fit a Mask R-CNN with backbone {backbone!r}: keys {'; '.join(problems)}. "
-            "Build the model with the backbone, norm_layer and anchor_sizes the weights were trained with "
+            "Build the model with the backbone, norm_layer, anchor_sizes and mask_head_layers the weights were "
+            "trained with "
             f"(backbones: {', '.join(BACKBONES)})."
         )
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
