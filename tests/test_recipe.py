@@ -662,4 +662,7 @@ def test_the_command_reprobes_each_lighter_level(synth_root, monkeypatch):
     recipe = train_cmd.choose_auto_recipe(cfg)
     assert timed == [64, 32]  # the first recipe, then one lighter level
     assert recipe.value("model.net.box_batch_size_per_image") == 32 and recipe.lighten == 1
-    assert f"lightened (fewer than {MIN_STEPS} steps fit the budget)" in recipe.text() and "64 RoIs" in recipe.text()
+    assert (
+        f"lightened (fewer than {MIN_STEPS} steps fit the budget)" in recipe.text()
+        and "64 RoIs" in recipe.text()
+    )
