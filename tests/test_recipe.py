@@ -296,7 +296,7 @@ def test_a_cpu_trains_a_narrower_mask_head_unless_pretrained_weights_bring_one(t
 
     value, text = head()
     assert value == [128, 128, 128, 128] and "a quarter of the mask head's FLOPs" in text
-    assert head(weights="imagenet")[0] == [128, 128, 128, 128]  # ImageNet weights have no mask head
+    assert head(weights="ImageNet")[0] == [128, 128, 128, 128]  # ImageNet weights have no mask head
     assert head(weights="coco")[0] is None  # torchvision's pretrained 4 x 256 head is kept
     assert head(Machine(cores=16, cuda=True, gpu_name="x"))[0] is None
     # a weights file: the head it fits, whatever the machine

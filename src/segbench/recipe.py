@@ -1135,9 +1135,10 @@ def _rule_roi_batch(b: _Builder, s: TrainStats, *, lighten: int = 0) -> None:
 def _rule_mask_head(b: _Builder, *, gpu: bool) -> None:
     configured = b.get("model.net.mask_head_layers")
     weights, in_file = b.get("model.net.weights"), b.get(WEIGHTS_MASK_HEAD)
+    named = str(weights).strip().lower() if weights is not None else None  # as the model build reads it
     if in_file is not None:
         value, why = list(in_file), f"the mask head of the weights file ({_show(list(in_file))} channels)"
-    elif weights not in (None, "imagenet"):
+    elif named not in (None, "imagenet"):
         value, why = configured, f"the pretrained mask head of the weights ({weights}) is kept"
     elif gpu:
         value, why = configured, "torchvision's 4 convs of 256 channels on a GPU"
