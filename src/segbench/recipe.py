@@ -1149,7 +1149,7 @@ def _rule_mask_head(b: _Builder, *, gpu: bool) -> None:
             "mask head's FLOPs on every positive RoI and every val detection (on a CPU it outweighs the "
             "backbone; no pretrained head to keep)"
         )
-    if value == configured and configured is not None and in_file is None:
+    if in_file is None and configured is not None and value == configured:
         why = "configured"
     b.set("model.net.mask_head_layers", value, why)
 
@@ -1322,9 +1322,8 @@ def _rule_schedule(
     batches_per_epoch = _batches_per_epoch(b, s, batch)
     p = m.probe
     if p is not None:
-        per_batch = batch / max(
-            p.batch_size, 1
-        )  # the probe ran the recipe's batch; a user's other batch scales
+        # the probe ran the recipe's batch; a user's other batch scales its times
+        per_batch = batch / max(p.batch_size, 1)
         loaded_by_workers = gpu or bool(b.chosen("data.num_workers"))
         load_s = 0.0 if p.data_s is None or loaded_by_workers else p.data_s * per_batch
         step_s = _probed_step(p, precision) * per_batch + load_s
