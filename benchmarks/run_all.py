@@ -29,6 +29,7 @@ SCRIPTS = (
     "bench_predict",
     "bench_deploy",
     "bench_cpu_formats",
+    "bench_roi_align",
     "bench_train",
     "bench_scaling",
 )

@@ -111,8 +111,11 @@ def test_model_with_the_gather_pools_predicts_trains_and_scripts_as_torchvisions
     }
     target["masks"][0, 12:60, 10:50] = 1
     target["masks"][1, 20:40, 60:90] = 1
-    target2 = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-               "masks": torch.zeros(0, 80, 96, dtype=torch.uint8)}
+    target2 = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.long),
+        "masks": torch.zeros(0, 80, 96, dtype=torch.uint8),
+    }
     losses = {}
     for name, model in (("fast", fast), ("plain", plain)):
         model.train()

@@ -27,9 +27,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper, _filter_input, _multiscale_roi_align, _setup_scales
 
 
-def _axis_samples(
-    start: Tensor, end: Tensor, bins: int, ratio: int, size: Tensor
-) -> tuple[Tensor, Tensor]:
+def _axis_samples(start: Tensor, end: Tensor, bins: int, ratio: int, size: Tensor) -> tuple[Tensor, Tensor]:
     """Along one axis: the two neighbouring feature rows (or columns) of every sample point and their
     bilinear weights, ``[K, bins, 2 * ratio]`` each (torchvision's ``bilinear_interpolate``, per axis)."""
     length = (end - start).clamp(min=1.0)  # aligned=False: a RoI is at least one feature cell
@@ -38,7 +36,8 @@ def _axis_samples(
     bin_ = torch.arange(bins, dtype=start.dtype, device=start.device)
     sub = torch.arange(ratio, dtype=start.dtype, device=start.device) + 0.5
     p = start[:, None, None] + bin_[None, :, None] * step[:, None, None]
-    p = (p + sub[None, None, :] * (step / ratio)[:, None, None]).reshape(start.shape[0], bins * ratio)  # [K, bins * ratio]
+    p = p + sub[None, None, :] * (step / ratio)[:, None, None]
+    p = p.reshape(start.shape[0], bins * ratio)  # [K, bins * ratio]
     inside = (p >= -1.0) & (p <= size[:, None].to(p.dtype))  # a sample further out contributes 0
     p = p.clamp(min=0)
     low = p.floor().long()
@@ -109,7 +108,10 @@ def roi_align_levels(
     taps = index.shape[-1] * index.shape[-2]
     with torch.autocast(device.type, enabled=False):
         out = F.embedding_bag(
-            index.reshape(k * ph * pw, taps), table, per_sample_weights=weight.reshape(k * ph * pw, taps), mode="sum"
+            index.reshape(k * ph * pw, taps),
+            table,
+            per_sample_weights=weight.reshape(k * ph * pw, taps),
+            mode="sum",
         )
     return out.view(k, ph, pw, channels).permute(0, 3, 1, 2).to(dtype)
 
@@ -158,7 +160,9 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
             or x_filtered[0].device.type != "cpu"
             or self.sampling_ratio <= 0
         ):
-            return _multiscale_roi_align(x_filtered, boxes, self.output_size, self.sampling_ratio, scales, mapper)
+            return _multiscale_roi_align(
+                x_filtered, boxes, self.output_size, self.sampling_ratio, scales, mapper
+            )
         return _gather_pool(x_filtered, boxes, self.output_size, self.sampling_ratio, scales, mapper)
 
 
