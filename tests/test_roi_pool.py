@@ -144,3 +144,22 @@ def test_model_with_the_gather_pools_predicts_trains_and_scripts_as_torchvisions
 
     torchvision_roi_pools(fast)
     assert type(fast.roi_heads.box_roi_pool) is MultiScaleRoIAlign
+
+
+def test_prediction_on_very_large_maps_keeps_torchvisions_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    import segbench.models.roi_pool as rp
+
+    def gather(*args, **kwargs):
+        raise AssertionError("the gather pooling ran")
+
+    monkeypatch.setattr(rp, "roi_align_levels", gather)
+    monkeypatch.setattr(rp, "GATHER_MAX_VALUES_NO_GRAD", 1000)  # the maps below hold 4096 values
+    feats = {"0": torch.randn(1, 4, 32, 32)}
+    pool = MultiScaleRoIAlign(["0"], 7, 2)
+    pool.__class__ = FastMultiScaleRoIAlign
+    boxes, shapes = [torch.tensor([[4.0, 4.0, 60.0, 50.0]])], [(128, 128)]
+    with torch.no_grad():
+        out = pool(feats, boxes, shapes)  # torchvision's kernel: no copy of the maps
+    torch.testing.assert_close(out, roi_align(feats["0"], [boxes[0]], 7, 0.25, 2))
+    with pytest.raises(AssertionError, match="gather"):
+        pool(feats, boxes, shapes)  # gradients enabled: the gather

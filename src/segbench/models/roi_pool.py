@@ -15,7 +15,6 @@ the C++ kernel, because it materialises every sample of every channel.
 CUDA tensors, TorchScript and ONNX tracing keep torchvision's op, so exports are unchanged.
 """
 
-from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple  # noqa: UP035 - TorchScript reads these
 
@@ -116,6 +115,19 @@ def roi_align_levels(
     return out.view(k, ph, pw, channels).permute(0, 3, 1, 2).to(dtype)
 
 
+#: Above this many feature values (a 256-channel stride-4 map of a ~2000 x 2000 image at native size),
+#: prediction pools with torchvision's kernel: the gather reads a float32 NHWC copy of the maps, which would
+#: add gigabytes there. Training (gradients needed) always gathers: its crops are small.
+GATHER_MAX_VALUES_NO_GRAD = 1 << 26
+
+
+@torch.jit.unused
+def _too_large_to_copy(
+    x_filtered: List[Tensor],  # noqa: UP006
+) -> bool:
+    return not torch.is_grad_enabled() and sum(f.numel() for f in x_filtered) > GATHER_MAX_VALUES_NO_GRAD
+
+
 @torch.jit.unused
 def _gather_pool(
     x_filtered: List[Tensor],  # noqa: UP006
@@ -159,6 +171,7 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
             or torchvision._is_tracing()
             or x_filtered[0].device.type != "cpu"
             or self.sampling_ratio <= 0
+            or _too_large_to_copy(x_filtered)
         ):
             return _multiscale_roi_align(
                 x_filtered, boxes, self.output_size, self.sampling_ratio, scales, mapper
