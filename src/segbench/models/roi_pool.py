@@ -15,7 +15,6 @@ the C++ kernel, because it materialises every sample of every channel.
 CUDA tensors, TorchScript and ONNX tracing keep torchvision's op, so exports are unchanged.
 """
 
-
 from typing import Dict, List, Optional, Tuple  # noqa: UP035 - TorchScript reads these
 
 import torch
