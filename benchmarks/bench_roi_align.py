@@ -21,7 +21,6 @@ torchvision's ``MultiScaleRoIAlign``) over ``--reps`` rounds, medians reported:
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import _common as C
@@ -130,7 +129,10 @@ def _step_setup(quick: bool, seed: int, tmp: str):
 
 
 def step_times(net: dict, batches, num_classes: int, *, reps: int, skip: int, seed: int) -> tuple[dict, dict]:
+    """Median step time and first-step loss of each pooling: bench_cpu_formats' bf16 + channels_last steps,
+    with the RoI sampler taking its full positive share (the copy each run trains inherits it)."""
     import torch
+    from bench_cpu_formats import run
 
     from segbench.models.maskrcnn import build_maskrcnn
     from segbench.models.roi_pool import torchvision_roi_pools
@@ -143,26 +145,12 @@ def step_times(net: dict, batches, num_classes: int, *, reps: int, skip: int, se
     first: dict[str, float] = {}
     for rep in range(reps):
         for name in models if rep % 2 == 0 else reversed(list(models)):
-            model = copy.deepcopy(models[name]).to(memory_format=torch.channels_last).train()
-            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
-            torch.manual_seed(seed)  # the same RoI samples on both sides
-            with _as_trained(model):
-                for i, (images, targets) in enumerate(batches):
-                    t0 = time.perf_counter()
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        loss = sum(model(images, targets).values())
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    dt = time.perf_counter() - t0
-                    if i == 0:
-                        first[name] = float(loss.detach())
-                    if i >= skip:
-                        times[name].append(dt)
-            print(
-                f"  rep {rep + 1} {name:<12} median step {C.median(times[name][-(len(batches) - skip) :]):.3f} s",
-                flush=True,
-            )
+            with _as_trained(models[name]):
+                t, first[name] = run(
+                    models[name], batches, channels_last=True, bf16=True, skip=skip, seed=seed
+                )
+            times[name].extend(t)
+            print(f"  rep {rep + 1} {name:<12} median step {C.median(t):.3f} s", flush=True)
     return {k: C.median(v) for k, v in times.items()}, first
 
 
