@@ -178,20 +178,20 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
         return _gather_pool(x_filtered, boxes, self.output_size, self.sampling_ratio, scales, mapper)
 
 
+def _swap_pool_class(model: torch.nn.Module, old: type, new: type) -> torch.nn.Module:
+    heads = model.roi_heads
+    for pool in (heads.box_roi_pool, getattr(heads, "mask_roi_pool", None)):
+        if pool is not None and type(pool) is old:
+            pool.__class__ = new
+    return model
+
+
 def fast_roi_pools(model: torch.nn.Module) -> torch.nn.Module:
     """Make ``model``'s (a torchvision Mask / Faster R-CNN) RoI poolers :class:`FastMultiScaleRoIAlign`,
     in place (the class is changed: the poolers hold no weights, the state_dict is unchanged)."""
-    heads = model.roi_heads
-    for pool in (heads.box_roi_pool, getattr(heads, "mask_roi_pool", None)):
-        if pool is not None and type(pool) is MultiScaleRoIAlign:
-            pool.__class__ = FastMultiScaleRoIAlign
-    return model
+    return _swap_pool_class(model, MultiScaleRoIAlign, FastMultiScaleRoIAlign)
 
 
 def torchvision_roi_pools(model: torch.nn.Module) -> torch.nn.Module:
     """Undo :func:`fast_roi_pools` in place (torchvision's pooling everywhere)."""
-    heads = model.roi_heads
-    for pool in (heads.box_roi_pool, getattr(heads, "mask_roi_pool", None)):
-        if pool is not None and type(pool) is FastMultiScaleRoIAlign:
-            pool.__class__ = MultiScaleRoIAlign
-    return model
+    return _swap_pool_class(model, FastMultiScaleRoIAlign, MultiScaleRoIAlign)
